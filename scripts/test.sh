@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set-up and the default test suite (no GPU, no network; real data read from ../shared).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,5 @@
+import sys
+
+from csekit.cli.main import main
+
+sys.exit(main())

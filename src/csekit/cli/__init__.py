@@ -1,0 +1,1 @@
+"""Command-line interface: ``csekit train | eval | encode | data``."""

@@ -1,0 +1,69 @@
+"""Entry point of the ``csekit`` console script.
+
+Each sub-command lives in its own module exposing ``register(subparsers)`` (adds its parser and
+sets ``func``). User errors (:class:`csekit.errors.CsekitError`) become one line on stderr and
+exit code 2; logging is configured here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from csekit import __version__
+from csekit.errors import CsekitError
+
+SUBCOMMANDS = ("train", "eval", "encode", "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="csekit",
+        description="Unsupervised contrastive training and STS evaluation of sentence encoders.",
+    )
+    parser.add_argument("--version", action="version", version=f"csekit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"csekit.cli.{name}_cmd")
+        module.register(sub)
+    return parser
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    # Only csekit's own INFO messages; third-party libraries stay at WARNING.
+    for noisy in ("transformers", "accelerate", "sentence_transformers", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        rc = args.func(args)
+    except CsekitError as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"csekit: error: {msg}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("csekit: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+def run() -> None:  # pragma: no cover - console script shim
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

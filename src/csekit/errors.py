@@ -1,0 +1,32 @@
+"""User-facing errors.
+
+Anything a user can cause (bad input file, bad option, missing model) raises a subclass of
+:class:`CsekitError` with a one-line message. The CLI prints ``csekit: error: <message>`` and exits
+with code 2; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class CsekitError(Exception):
+    """A user mistake or bad input: one-line message, CLI exit code 2."""
+
+    exit_code: int = 2
+
+
+class ConfigError(CsekitError):
+    """Contradictory or out-of-range options."""
+
+
+class DataError(CsekitError):
+    """A corpus or evaluation file that is missing or malformed."""
+
+
+class ModelLoadError(CsekitError):
+    """A model folder or hub id that cannot be loaded."""
+
+
+class TrainingError(CsekitError):
+    """Training cannot go on (for example a non-finite loss); the last good checkpoint is kept."""
+
+    exit_code = 1
