@@ -1,0 +1,42 @@
+"""Cosine similarity matrices computed in (at least) float32."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_EPS = 1e-8
+
+
+def logits_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (bf16 / fp16 inputs are upcast)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """All pairwise cosine similarities ``cos(a_i, b_j)``.
+
+    Inputs are upcast to float32 (float64 stays float64) and autocast is switched off for the
+    product, so logits are never computed in bf16 / fp16. Rows of zero norm give 0 (their norm
+    is clamped at 1e-8, as ``torch.nn.CosineSimilarity`` does).
+
+    Shape:
+        a: (n, d), b: (m, d) -> (n, m)
+    """
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"cosine_matrix expects (n, d) and (m, d), got {tuple(a.shape)} and {tuple(b.shape)}")
+    dtype = logits_dtype(a, b)
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        an = F.normalize(a.to(dtype), dim=-1, eps=_EPS)
+        bn = F.normalize(b.to(dtype), dim=-1, eps=_EPS)
+        return an @ bn.T
+
+
+def check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def check_pair(z1: torch.Tensor, z2: torch.Tensor) -> None:
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}")
