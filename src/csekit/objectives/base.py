@@ -1,0 +1,64 @@
+"""The objective interface the trainer codes against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from csekit.distributed import gather_with_grad
+from csekit.errors import ConfigError
+from csekit.losses.cosine import cosine_matrix
+
+
+@dataclass
+class ObjectiveOutput:
+    """``loss``: scalar loss of the GLOBAL batch; ``stats``: floats worth logging."""
+
+    loss: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """Base class: ``forward(z1, z2) -> ObjectiveOutput``.
+
+    ``z1`` and ``z2`` are the two dropout views of the LOCAL shard (post-MLP). The objective
+    gathers them across processes itself (:func:`csekit.distributed.gather_with_grad`, the
+    local shard keeping its gradient), so the loss is the loss of the global batch and is the
+    same number on every process. Only the local shard carries gradient, so the trainer must
+    multiply the loss by ``world_size`` before ``backward``: DDP's gradient averaging then gives
+    exactly the gradient of the single-process global-batch loss.
+
+    Shape:
+        z1, z2: (b_local, d), any float dtype (logits are computed in float32)
+    """
+
+    name: str = "objective"
+
+    def gather(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if z1.dim() != 2 or z1.shape != z2.shape:
+            raise ValueError(f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        return gather_with_grad(z1), gather_with_grad(z2)
+
+    @staticmethod
+    @torch.no_grad()
+    def pair_stats(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean positive cosine and mean off-diagonal (negative) cosine, as 0-d tensors."""
+        s = cosine_matrix(z1.detach(), z2.detach())
+        b = s.shape[0]
+        pos = s.diagonal().mean()
+        neg = (s.sum() - s.diagonal().sum()) / max(b * (b - 1), 1)
+        return pos, neg
+
+
+def check_temperature(temperature: float) -> float:
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ConfigError(f"temperature must be a number > 0 (got {temperature!r}); the published value is 0.05")
+    return float(temperature)
+
+
+def check_margin(margin: float) -> float:
+    if not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise ConfigError(f"margin must be a number in [0, 1) (got {margin!r}); the published value is 0.3")
+    return float(margin)
