@@ -1,0 +1,363 @@
+"""The sentence encoder: a Hugging Face backbone + pooling + an optional train-only MLP head.
+
+``Encoder.forward`` is what training calls (train mode: pooled, then the MLP head when ``mlp`` is
+``train`` or ``always``); ``Encoder.encode`` is fast batched inference for evaluation; ``save``
+writes an atomic sentence-transformers folder that ``SentenceTransformer(path)`` loads and that
+gives the same embeddings as ``encode``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from csekit.errors import ConfigError, ModelLoadError
+from csekit.modeling.atomic import atomic_dir
+from csekit.modeling.pooling import HIDDEN_STATE_POOLERS, MLP_MODES, POOLERS, MLPHead, pool_tokens
+from csekit.modeling.resolve import check_transformer_dir, resolve_model_dir
+from csekit.modeling.st_format import read_st_modules, write_st_modules
+
+logger = logging.getLogger(__name__)
+
+CSEKIT_META = "csekit.json"
+HEAD_FILE = "csekit_head.safetensors"
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
+                 "attention_dropout", "hidden_dropout", "attention_probs_dropout")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a saved model depends on."""
+    import transformers
+
+    from csekit import __version__
+
+    out = {"csekit": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        import sentence_transformers
+
+        out["sentence_transformers"] = sentence_transformers.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class Encoder(nn.Module):
+    """HF backbone + pooler + optional MLP head.
+
+    Args:
+        backbone: a ``transformers`` AutoModel (BERT, RoBERTa, ...).
+        tokenizer: its tokenizer.
+        pooler: cls | cls_before_pooler | avg | avg_first_last | avg_top2 (see
+            :mod:`csekit.modeling.pooling`).
+        mlp: ``train`` (SimCSE ``mlp_only_train``: head in train mode only), ``always`` or
+            ``none``. With ``pooler="cls"`` and ``mlp="none"`` the backbone's own pooler is used.
+        max_seq_len: default truncation length of ``encode``.
+        head: an existing MLP head (else a fresh one when ``mlp`` is not ``none``).
+        normalize: whether ``encode`` L2-normalises by default.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer: Any,
+        *,
+        pooler: str = "cls",
+        mlp: str = "train",
+        max_seq_len: int | None = None,
+        head: MLPHead | None = None,
+        normalize: bool = False,
+        backbone_pooler_trained: bool = True,
+    ) -> None:
+        super().__init__()
+        if pooler not in POOLERS:
+            raise ConfigError(f"unknown pooler {pooler!r}; choose one of {', '.join(POOLERS)}")
+        if mlp not in MLP_MODES:
+            raise ConfigError(f"unknown mlp mode {mlp!r}; choose one of {', '.join(MLP_MODES)}")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.pooler = pooler
+        self.mlp = mlp
+        self.normalize = normalize
+        hidden = int(backbone.config.hidden_size)
+        self.head: MLPHead | None = head if head is not None else (
+            MLPHead(hidden) if mlp != "none" else None)
+        if pooler == "cls" and self.head is None:
+            if getattr(backbone, "pooler", None) is None:
+                raise ConfigError(
+                    f"pooler 'cls' needs a pooler layer, and {type(backbone).__name__} has none; "
+                    "use --pooler cls_before_pooler or an MLP head")
+            if not backbone_pooler_trained:
+                raise ConfigError(
+                    "pooler 'cls' would use the backbone's pooler, whose weights are not in the "
+                    "checkpoint (randomly initialised); use --pooler cls_before_pooler")
+        if pooler in HIDDEN_STATE_POOLERS and int(backbone.config.num_hidden_layers) < 2:
+            raise ConfigError(f"pooler {pooler!r} needs a backbone with at least 2 layers")
+        self.max_seq_len = int(max_seq_len) if max_seq_len else self._model_max_len()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def hidden_size(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def eval_pooler(self) -> str:
+        """The pooling that evaluation (eval mode) applies, as SimCSE's evaluation names it."""
+        if self.pooler == "cls" and self.mlp == "train":
+            return "cls_before_pooler"
+        return self.pooler
+
+    @property
+    def uses_head_at_eval(self) -> bool:
+        """Whether eval-mode embeddings go through a Linear+Tanh head (csekit's or the backbone's)."""
+        return self.mlp == "always" or (self.pooler == "cls" and self.mlp == "none")
+
+    def _model_max_len(self) -> int:
+        tok_max = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
+        pos_max = int(getattr(self.backbone.config, "max_position_embeddings", 0) or 0)
+        candidates = [v for v in (tok_max, pos_max) if 0 < v < 100_000]
+        return min(candidates) if candidates else 512
+
+    # ------------------------------------------------------------------ forward
+    def tokenize(self, sentences: list[str], max_seq_len: int | None = None) -> dict[str, torch.Tensor]:
+        """Tokenise with padding to the longest sentence and truncation.
+
+        Shape: -> input_ids, attention_mask[, token_type_ids] each (B, L).
+        """
+        return dict(self.tokenizer(list(sentences), padding=True, truncation=True,
+                                   max_length=max_seq_len or self.max_seq_len, return_tensors="pt"))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sentence embeddings.
+
+        Train mode: pooled [+ MLP head when ``mlp`` is train/always]. Eval mode: the evaluation
+        pooling (``eval_pooler``) [+ head when ``mlp`` is always, or the backbone pooler for
+        ``cls`` without a csekit head].
+
+        Shape: input_ids, attention_mask, token_type_ids (B, L) -> (B, H).
+        """
+        need_hidden = self.pooler in HIDDEN_STATE_POOLERS
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.backbone(**kwargs, output_hidden_states=need_hidden, return_dict=True)
+        if self.pooler == "cls" and self.head is None:
+            return out.pooler_output
+        pooled = pool_tokens(self.pooler, out.last_hidden_state, attention_mask,
+                             out.hidden_states if need_hidden else None)
+        if self.head is not None and (self.mlp == "always" or (self.mlp == "train" and self.training)):
+            pooled = self.head(pooled)
+        return pooled
+
+    # ------------------------------------------------------------------ encode
+    def encode(
+        self,
+        sentences: Sequence[str] | Iterable[str],
+        *,
+        batch_size: int = 128,
+        max_seq_len: int | None = None,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        normalize: bool | None = None,
+        show_progress: bool = False,
+        max_tokens: int | None = None,
+    ) -> torch.Tensor:
+        """Embed sentences (eval mode, no gradients) and return them in input order.
+
+        Each unique sentence is tokenised and encoded once; sentences are sorted by token
+        length so batches carry (almost) no padding, and a batch holds at most ``batch_size``
+        sentences and ``max_tokens`` padded tokens (default ``batch_size * 32``).
+
+        Shape: N sentences -> (N, H) float32 on the CPU.
+        """
+        from csekit.modeling.fast_encode import encode_sentences
+
+        return encode_sentences(
+            self, sentences, batch_size=batch_size, max_seq_len=max_seq_len or self.max_seq_len,
+            device=device, precision=precision,
+            normalize=self.normalize if normalize is None else normalize,
+            show_progress=show_progress, max_tokens=max_tokens)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None) -> None:
+        """Atomically write a sentence-transformers folder (+ csekit.json, + the MLP head).
+
+        ``metadata`` (training config, objective, evaluation results, ...) is stored in
+        ``csekit.json`` next to the pooling description and library versions.
+        """
+        versions = library_versions()
+        backbone = self.backbone
+        with atomic_dir(path) as tmp:
+            backbone.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            head_state: dict[str, torch.Tensor] | None = None
+            if self.head is not None:
+                head_state = {k: v.detach().float().cpu().contiguous()
+                              for k, v in self.head.state_dict().items()}
+                save_file(head_state, str(tmp / HEAD_FILE))
+            eval_head: dict[str, torch.Tensor] | None = None
+            if self.uses_head_at_eval:
+                if self.head is not None:
+                    eval_head = head_state
+                else:  # raw backbone pooler (e.g. BERT's) used by ``cls``
+                    dense = backbone.pooler.dense
+                    eval_head = {"dense.weight": dense.weight, "dense.bias": dense.bias}
+            write_st_modules(
+                tmp, eval_pooler="cls_before_pooler" if self.eval_pooler == "cls" else self.eval_pooler,
+                hidden_size=self.hidden_size,
+                num_layers=int(backbone.config.num_hidden_layers), max_seq_len=self.max_seq_len,
+                head_state=eval_head, versions=versions, normalize=self.normalize)
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "pooler": self.pooler,
+                "mlp": self.mlp,
+                "eval_pooler": self.eval_pooler,
+                "head_at_eval": self.uses_head_at_eval,
+                "max_seq_len": self.max_seq_len,
+                "normalize": self.normalize,
+                "versions": versions,
+                **(metadata or {}),
+            }
+            (tmp / CSEKIT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n",
+                                           encoding="utf-8")
+        logger.info("saved encoder to %s", path)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        pooler: str | None = None,
+        mlp: str | None = None,
+        dropout: float | None = None,
+        max_seq_len: int | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+    ) -> Encoder:
+        """Load a Hugging Face folder, a csekit / sentence-transformers folder, or a hub id.
+
+        Pooling defaults to what the folder says (csekit.json, else the ST modules); a plain HF
+        model defaults to ``cls`` (its own pooler) when the checkpoint holds trained pooler
+        weights, else ``cls_before_pooler``. An explicit ``pooler="cls"`` on a model with a
+        saved MLP head uses that head. Weights load only from safetensors.
+        """
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if pooler is not None and pooler not in POOLERS:
+            raise ConfigError(f"unknown pooler {pooler!r}; choose one of {', '.join(POOLERS)}")
+        if mlp is not None and mlp not in MLP_MODES:
+            raise ConfigError(f"unknown mlp mode {mlp!r}; choose one of {', '.join(MLP_MODES)}")
+        name = os.fspath(name_or_path)
+        root = resolve_model_dir(name, revision=revision, local_files_only=local_files_only)
+        meta: dict[str, Any] = {}
+        if (root / CSEKIT_META).is_file():
+            try:
+                meta = json.loads((root / CSEKIT_META).read_text(encoding="utf-8"))
+            except ValueError as err:
+                raise ModelLoadError(f"{root / CSEKIT_META} is not valid JSON: {err}") from err
+        st = read_st_modules(root) if (root / "modules.json").is_file() else None
+        tdir = st.transformer_dir if st is not None else root
+        check_transformer_dir(tdir, what=name)
+
+        try:
+            config = AutoConfig.from_pretrained(tdir, trust_remote_code=trust_remote_code,
+                                                local_files_only=True)
+        except Exception as err:
+            raise ModelLoadError(f"cannot read the config of {name}: {_first_line(err)}") from err
+        config.output_hidden_states = False
+        if dropout is not None:
+            if not 0.0 <= dropout < 1.0:
+                raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+            for key in _DROPOUT_KEYS:
+                if isinstance(getattr(config, key, None), float):
+                    setattr(config, key, float(dropout))
+        try:
+            backbone, info = AutoModel.from_pretrained(
+                tdir, config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
+                local_files_only=True, output_loading_info=True)
+            tokenizer = AutoTokenizer.from_pretrained(tdir, trust_remote_code=trust_remote_code,
+                                                      local_files_only=True)
+        except ValueError as err:
+            if "trust_remote_code" in str(err):
+                raise ModelLoadError(f"{name} needs custom code; pass trust_remote_code=True "
+                                     "(--trust-remote-code) only if you trust it") from err
+            raise ModelLoadError(f"cannot load model {name}: {_first_line(err)}") from err
+        except Exception as err:
+            raise ModelLoadError(f"cannot load model {name}: {_first_line(err)}") from err
+        pooler_trained = not any(k.startswith("pooler.") for k in info.get("missing_keys", ()))
+
+        head_state: dict[str, torch.Tensor] | None = None
+        if (root / HEAD_FILE).is_file():
+            head_state = load_file(str(root / HEAD_FILE))
+        elif st is not None and st.head_state is not None and not meta:
+            head_state = st.head_state
+
+        saved_pooler = meta.get("pooler")
+        saved_mlp = meta.get("mlp")
+        if saved_pooler is None and st is not None:
+            saved_pooler = "cls" if (st.head_state is not None and st.pooler == "cls_before_pooler") \
+                else st.pooler
+            saved_mlp = "always" if st.head_state is not None else "none"
+        if pooler is None:
+            if saved_pooler is not None:
+                pooler = saved_pooler
+            else:
+                has_pooler = getattr(backbone, "pooler", None) is not None
+                pooler = "cls" if (has_pooler and pooler_trained) else "cls_before_pooler"
+                if pooler == "cls_before_pooler" and has_pooler:
+                    logger.warning("%s has no trained pooler weights: using cls_before_pooler", name)
+            if mlp is None:
+                mlp = saved_mlp or "none"
+        elif mlp is None:
+            # An explicit ``cls`` uses the saved head; other poolers keep it for training only.
+            if head_state is not None:
+                mlp = "always" if pooler == "cls" else "train"
+            else:
+                mlp = "none"
+        if mlp != "none" and head_state is None and saved_mlp not in (None, "none") and meta:
+            raise ModelLoadError(f"{root}: csekit.json says mlp={saved_mlp!r} but {HEAD_FILE} is missing")
+        if mlp == "none":
+            head_state = None
+
+        head: MLPHead | None = None
+        if head_state is not None:
+            head = MLPHead(int(config.hidden_size))
+            try:
+                head.load_state_dict(head_state)
+            except RuntimeError as err:
+                raise ModelLoadError(f"{root}: MLP head does not fit the model: {_first_line(err)}") from err
+        seq_len = max_seq_len or meta.get("max_seq_len") or (st.max_seq_len if st else None)
+        normalize = bool(meta.get("normalize", st.normalize if st is not None else False))
+        enc = cls(backbone, tokenizer, pooler=pooler, mlp=mlp, max_seq_len=seq_len, head=head,
+                  normalize=normalize, backbone_pooler_trained=pooler_trained)
+        enc.metadata = meta  # type: ignore[attr-defined]
+        enc.source = name  # type: ignore[attr-defined]
+        enc.eval()
+        return enc
+
+
+__all__ = ["Encoder", "library_versions"]

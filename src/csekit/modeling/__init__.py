@@ -1,0 +1,2 @@
+"""Building blocks of :class:`csekit.encoder.Encoder`: poolers, the ST folder format, model
+resolution, atomic directory writes and fast inference."""
