@@ -18,8 +18,9 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
-# Test hook: seconds to sleep in the middle of a checkpoint save (after half of the files are
-# written), so that a test can SIGKILL the process mid-save. Never set it in real runs.
+# Test hook: "SECONDS" or "SECONDS@STEP": sleep in the middle of a checkpoint save (after the
+# model and optimiser files are written; only for the checkpoint of STEP when given), so that a
+# test can SIGKILL the process mid-save. Never set it in real runs.
 PAUSE_ENV = "CSEKIT_TEST_PAUSE_MID_SAVE"
 
 
@@ -42,9 +43,12 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(p)
 
 
-def maybe_pause_mid_save() -> None:
-    seconds = os.environ.get(PAUSE_ENV)
-    if seconds:
+def maybe_pause_mid_save(step: int | None = None) -> None:
+    value = os.environ.get(PAUSE_ENV)
+    if not value:
+        return
+    seconds, _, at = value.partition("@")
+    if not at or (step is not None and int(at) == step):
         logger.warning("%s set: pausing %s s in the middle of a save", PAUSE_ENV, seconds)
         time.sleep(float(seconds))
 

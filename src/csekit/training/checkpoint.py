@@ -78,7 +78,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     with atomic_dir(path) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        maybe_pause_mid_save()
+        maybe_pause_mid_save(state.step)
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_cpu_state(objective.state_dict()), tmp / "objective.pt")
         torch.save(rng_states, tmp / "rng.pt")

@@ -28,6 +28,8 @@ POOLERS = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
 MLP_MODES = ("train", "always", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CENTROID_UPDATES = ("sum", "mean")
+BML_REDUCTIONS = ("all", "pairs")
+CLUSTER_INITS = ("greedy_chain", "kmeans++")
 ON_BAD_LINE = ("error", "skip")
 
 
@@ -47,8 +49,7 @@ class TrainConfig:
     data_dir: str | None = None  # SentEval folder (contains downstream/); None: no evaluation
     objective: str = "simcse"
     # --- encoder
-    pooler: str = "cls"  # training pooler; evaluation uses eval_pooler
-    eval_pooler: str | None = None  # None: cls_before_pooler when pooler=cls and mlp=train
+    pooler: str = "cls"  # with mlp=train, evaluation uses cls_before_pooler (SimCSE)
     mlp: str = "train"
     dropout: float | None = None  # None: the backbone's own (0.1 for BERT/RoBERTa)
     trust_remote_code: bool = False
@@ -64,10 +65,11 @@ class TrainConfig:
     bml_beta: float = 0.5
     hard_negatives: bool = True
     centroid_update: str = "sum"  # "sum" as the released ClusterNS code; "mean" as textbook
+    bml_reduction: str = "all"  # "all": mean over all B x B entries (published); "pairs"
+    cluster_init: str = "greedy_chain"  # published greedy chain; or "kmeans++"
     # --- data
     dedup: bool = False
     on_bad_line: str = "error"
-    max_sentences: int | None = None  # use only the first N sentences of the corpus
     # --- optimisation
     batch_size: int = 64
     learning_rate: float = 3e-5
@@ -144,14 +146,6 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ derived values
     @property
-    def resolved_eval_pooler(self) -> str:
-        if self.eval_pooler:
-            return self.eval_pooler
-        if self.pooler == "cls" and self.mlp == "train":
-            return "cls_before_pooler"
-        return self.pooler
-
-    @property
     def uses_clusters(self) -> bool:
         return self.objective in ("clusterns", "clusterns-focal")
 
@@ -162,9 +156,10 @@ class TrainConfig:
             hp["margin"] = self.margin
         if self.uses_clusters:
             hp.update(n_clusters=self.n_clusters, kmeans_lr=self.kmeans_lr,
-                      start_cosine=self.kmeans_start_cosine, bml_weight=self.bml_weight,
-                      bml_alpha=self.bml_alpha, bml_beta=self.bml_beta,
-                      hard_negatives=self.hard_negatives, centroid_update=self.centroid_update)
+                      kmeans_start_cosine=self.kmeans_start_cosine, bml_weight=self.bml_weight,
+                      alpha=self.bml_alpha, beta=self.bml_beta,
+                      hard_negatives=self.hard_negatives, update_rule=self.centroid_update,
+                      bml_reduction=self.bml_reduction, init=self.cluster_init, seed=self.seed)
         return hp
 
     # ------------------------------------------------------------------ validation
@@ -172,12 +167,12 @@ class TrainConfig:
         """Raise :class:`ConfigError` (one line) for contradictory or out-of-range options."""
         _choice("objective", self.objective, OBJECTIVES)
         _choice("pooler", self.pooler, POOLERS)
-        if self.eval_pooler is not None:
-            _choice("eval_pooler", self.eval_pooler, POOLERS)
         _choice("mlp", self.mlp, MLP_MODES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("centroid_update", self.centroid_update, CENTROID_UPDATES)
         _choice("on_bad_line", self.on_bad_line, ON_BAD_LINE)
+        _choice("bml_reduction", self.bml_reduction, BML_REDUCTIONS)
+        _choice("cluster_init", self.cluster_init, CLUSTER_INITS)
         if not self.train_file:
             raise ConfigError("no training corpus: give --train-file FILE (one sentence a line)")
         _positive("batch_size", self.batch_size)
@@ -217,11 +212,11 @@ class TrainConfig:
             raise ConfigError(f"patience must be >= 1 evaluations (or unset), got {self.patience}")
         if self.patience is not None and not self.data_dir:
             raise ConfigError("patience (early stopping) needs STS-B dev: give --data-dir")
-        if self.max_sentences is not None and self.max_sentences < 1:
-            raise ConfigError(f"max_sentences must be >= 1, got {self.max_sentences}")
         if self.batch_size % world_size:
             raise ConfigError(f"batch_size {self.batch_size} (global) is not divisible by the "
                               f"{world_size} processes; pick a multiple of {world_size}")
+        if self.objective == "focal" and not 0 <= self.margin < 1:
+            raise ConfigError(f"margin must be in [0, 1), got {self.margin}")
         if self.uses_clusters:
             _positive("n_clusters", self.n_clusters)
             if self.n_clusters > self.batch_size:
@@ -236,6 +231,8 @@ class TrainConfig:
             if not -1.0 <= self.kmeans_start_cosine <= 1.0:
                 raise ConfigError(f"kmeans_start_cosine must be in [-1, 1], "
                                   f"got {self.kmeans_start_cosine}")
+            if self.objective == "clusterns-focal" and not 0 <= self.margin < 1:
+                raise ConfigError(f"margin must be in [0, 1), got {self.margin}")
             if self.bml_weight < 0:
                 raise ConfigError(f"bml_weight must be >= 0, got {self.bml_weight}")
 

@@ -1,0 +1,140 @@
+"""``csekit train``: unsupervised contrastive training from a YAML recipe and/or flags.
+
+Every :class:`~csekit.training.TrainConfig` option has a flag (``--learning-rate``,
+``--n-clusters``, ``--hard-negatives/--no-hard-negatives``, ...); flags override ``--config``.
+Multi-GPU / multi-node: launch the same command with ``accelerate launch`` or ``torchrun``
+(see docs/distributed.md); ``--batch-size`` is always the GLOBAL batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from csekit.training.config import (
+    BML_REDUCTIONS,
+    CENTROID_UPDATES,
+    CLUSTER_INITS,
+    MLP_MODES,
+    OBJECTIVES,
+    ON_BAD_LINE,
+    POOLERS,
+    PRECISIONS,
+    TrainConfig,
+)
+
+logger = logging.getLogger(__name__)
+
+HELP: dict[str, str] = {
+    "model": "backbone: a Hugging Face hub id, a local HF folder or a csekit/ST folder",
+    "train_file": "training corpus, one sentence per line (plain or .gz)",
+    "output_dir": "best model at its root, checkpoints/ , metrics.jsonl, results.json",
+    "data_dir": "SentEval folder (contains downstream/) for STS-B dev and the final STS test",
+    "objective": "training objective",
+    "pooler": "training pooler (with --mlp train, evaluation uses cls_before_pooler)",
+    "mlp": "MLP head: train (SimCSE mlp_only_train), always, none",
+    "dropout": "override the backbone's dropout (default: its own, 0.1 for BERT)",
+    "trust_remote_code": "allow custom model code from the hub (off by default)",
+    "max_seq_len": "truncation in training, tokens (published: 32)",
+    "temperature": "softmax temperature T (published: 0.05)",
+    "margin": "Focal-InfoNCE hardness m (published: 0.3)",
+    "n_clusters": "ClusterNS number of centroids k (published: 128; <= global batch)",
+    "kmeans_lr": "ClusterNS centroid momentum (published: 1e-3)",
+    "kmeans_start_cosine": "ClusterNS starts when the batch mean cosine <= this (published 0.4)",
+    "bml_weight": "ClusterNS bidirectional margin loss weight (published: 1e-4)",
+    "bml_alpha": "BML alpha (published: 0.2)",
+    "bml_beta": "BML beta (published: 0.5)",
+    "hard_negatives": "ClusterNS centroid hard negatives (on by default)",
+    "centroid_update": "centroid update: sum of members (published) or mean",
+    "bml_reduction": "BML averaged over all B x B entries (published) or over the pairs",
+    "cluster_init": "centroid initialisation: greedy chain (published) or kmeans++",
+    "dedup": "drop duplicate sentences",
+    "on_bad_line": "invalid UTF-8 / NUL lines: error (with the line number) or skip and count",
+    "batch_size": "GLOBAL batch (all processes together); the in-batch negatives",
+    "learning_rate": "AdamW peak learning rate",
+    "weight_decay": "AdamW weight decay (not on biases and LayerNorm)",
+    "warmup_steps": "linear warm-up steps (then linear decay to 0)",
+    "warmup_ratio": "warm-up as a fraction of all steps",
+    "max_grad_norm": "gradient clipping norm (0: off; default 1.0 as SimCSE's HF Trainer)",
+    "grad_accum_steps": "accumulate gradients of N batches per update (does NOT add negatives)",
+    "precision": "fp32, bf16 (CPU or GPU) or fp16 (GPU)",
+    "epochs": "passes over the corpus (published: 1)",
+    "max_steps": "optimiser steps (overrides --epochs)",
+    "seed": "random seed (published: 42)",
+    "skip_nonfinite": "skip updates whose loss is NaN/inf instead of stopping",
+    "eval_steps": "evaluate STS-B dev every N steps (published: 125)",
+    "eval_batch_size": "batch size of evaluation encoding",
+    "patience": "early stopping after N evaluations without improvement (ClusterNS: 3)",
+    "final_test": "7-task STS test of the best model at the end",
+    "logging_steps": "write metrics every N steps",
+    "tensorboard": "also write TensorBoard logs to OUTPUT_DIR/tensorboard",
+    "save_steps": "checkpoint every N steps (default: at every evaluation)",
+    "save_total_limit": "keep the last K checkpoints",
+    "resume": "continue from the last checkpoint in --output-dir",
+    "progress": "progress bar (off when CI is set or off rank 0)",
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "objective": OBJECTIVES, "pooler": POOLERS, "mlp": MLP_MODES, "precision": PRECISIONS,
+    "centroid_update": CENTROID_UPDATES, "on_bad_line": ON_BAD_LINE,
+    "bml_reduction": BML_REDUCTIONS, "cluster_init": CLUSTER_INITS,
+}
+SKIP = {"extra"}
+
+
+def _type_of(f: dataclasses.Field) -> type:
+    ann = str(f.type)
+    return int if ann.startswith("int") else float if ann.startswith("float") else str
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a sentence encoder (SimCSE, Focal-InfoNCE, ClusterNS, combined)",
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", metavar="FILE.yaml", help="a recipe (YAML); flags override it")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in SKIP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = HELP.get(f.name, f.name)
+        shown = getattr(defaults, f.name)
+        if str(f.type).startswith("bool"):
+            if f.name == "resume":
+                p.add_argument(flag, action="store_true", default=None, help=help_text)
+            else:
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{help_text} (default {shown})")
+            continue
+        p.add_argument(flag, dest=f.name, type=_type_of(f), default=None,
+                       choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES else
+                       f.name.upper(), help=f"{help_text} (default {shown})")
+    p.set_defaults(func=run_train)
+    # ArgumentDefaultsHelpFormatter would print "None" for every flag: defaults are in the text.
+    p.formatter_class = argparse.HelpFormatter
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    base = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)
+                 if f.name not in SKIP}
+    return base.override(**overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from csekit.training import Trainer
+
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate: only rank 0 talks
+        logging.getLogger("csekit").setLevel(logging.WARNING)
+    cfg = config_from_args(args)
+    result = Trainer(cfg).train()
+    if result.stopped == "interrupted":
+        print(f"csekit: interrupted at step {result.steps}; checkpoint written, continue with "
+              f"--resume --output-dir {cfg.output_dir}", flush=True)
+    elif int(os.environ.get("RANK", "0")) == 0:
+        best = "n/a" if result.best_score is None else f"{result.best_score:.2f}"
+        print(f"csekit: {result.stopped} after {result.steps} steps; best STS-B dev {best} "
+              f"(step {result.best_step}); model saved to {cfg.output_dir}", flush=True)
+    return result.exit_code

@@ -1,0 +1,176 @@
+"""Evaluation during training, the best model at the root of ``output_dir``, the final test.
+
+The root of ``output_dir`` holds both the best model (a sentence-transformers folder written by
+``Encoder.save``) and the run's working files (``checkpoints/``, ``metrics.jsonl``,
+``config.yaml``, ``results.json``, ``tensorboard/``). ``Encoder.save`` replaces a whole
+directory atomically, so the best model is first saved complete into ``output_dir/.best-next``
+(atomic) and then committed into the root entry by entry with ``os.replace``; the complete
+``.best-next`` folder is the journal: if a kill interrupts the commit, the next start (or
+``--resume``) finishes it (:func:`recover_best`). The run's own files are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from csekit.training.atomic import atomic_write_text, fsync_dir
+
+if TYPE_CHECKING:
+    from csekit.training.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+STAGING = ".best-next"
+RUN_FILES = {"checkpoints", "metrics.jsonl", "config.yaml", "results.json", "tensorboard",
+             STAGING}
+MODEL_MANIFEST = ".csekit-model-files.json"  # names of the model entries at the root
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import transformers
+
+    import csekit
+
+    return {"csekit": csekit.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version()}
+
+
+def _encode_fn(trainer: "Trainer"):  # noqa: ANN202
+    enc = trainer.accelerator.unwrap_model(trainer.model)
+    enc.eval()
+    bs = trainer.config.eval_batch_size
+    device = trainer.accelerator.device
+
+    def encode(sentences: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return enc.encode(sentences, batch_size=bs, device=device)
+
+    return encode
+
+
+def evaluate_dev(trainer: "Trainer") -> float:
+    """STS-B dev Spearman x 100 of the current model (evaluation pooler)."""
+    from csekit.evaluation import evaluate_sts
+
+    res = evaluate_sts(_encode_fn(trainer), trainer.config.data_dir, tasks=["STSBenchmark"],
+                       split="dev")
+    trainer.model.train()
+    return float(res.spearman["STSBenchmark"])
+
+
+def _metadata(trainer: "Trainer", score: float | None,
+              test: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = trainer.config
+    st = trainer.state
+    return {
+        "training_config": cfg.to_dict(),
+        "objective": {"name": cfg.objective, **cfg.objective_hparams()},
+        "versions": versions(),
+        "step": st.step,
+        "dev": {"stsb_spearman": score, "step": st.step, "history": list(st.history)},
+        "test": test,
+        "world_size": trainer.world,
+    }
+
+
+def save_best(trainer: "Trainer", *, score: float | None) -> None:
+    """Save the current model as the best one at the root of ``output_dir`` (main process)."""
+    enc = trainer.accelerator.unwrap_model(trainer.model)
+    root = trainer.output_dir
+    enc.save(root / STAGING, metadata=_metadata(trainer, score))
+    commit_best(root)
+    logger.info("best model saved to %s (STS-B dev %s)", root,
+                "n/a" if score is None else f"{score:.2f}")
+
+
+def commit_best(root: Path) -> None:
+    """Move the complete ``root/.best-next`` model into ``root`` (keeps the run's files)."""
+    staging = root / STAGING
+    if not (staging / "modules.json").exists():
+        shutil.rmtree(staging, ignore_errors=True)  # incomplete: the old best stays
+        return
+    new = sorted(p.name for p in staging.iterdir())
+    old = _model_entries(root)
+    for name in new:
+        src, dst = staging / name, root / name
+        if dst.is_dir() and not dst.is_symlink():
+            aside = root / f".old-{name}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(dst, aside)
+            os.replace(src, dst)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(src, dst)
+    for name in set(old) - set(new):
+        p = root / name
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    atomic_write_text(root / MODEL_MANIFEST, json.dumps(new))
+    shutil.rmtree(staging, ignore_errors=True)
+    fsync_dir(root)
+
+
+def recover_best(root: Path) -> None:
+    """Finish a commit interrupted by a kill; drop leftovers of an interrupted staging save."""
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.name.startswith(f".{STAGING}.tmp-") or p.name.startswith(".old-"):
+            shutil.rmtree(p, ignore_errors=True)
+    if (root / STAGING).exists():
+        logger.warning("finishing the interrupted save of the best model in %s", root)
+        commit_best(root)
+
+
+def _model_entries(root: Path) -> list[str]:
+    path = root / MODEL_MANIFEST
+    if path.exists():
+        try:
+            return list(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError):
+            pass
+    return []
+
+
+def final_test(trainer: "Trainer") -> dict[str, Any] | None:
+    """7-task STS test of the best model at the root; table printed, ``results.json`` written."""
+    from csekit.encoder import Encoder
+    from csekit.evaluation import TASKS, evaluate_sts
+
+    root = trainer.output_dir
+    if not (root / "modules.json").exists():
+        logger.warning("no best model in %s: final test skipped", root)
+        return None
+    cfg = trainer.config
+    best = Encoder.from_pretrained(str(root))
+    device = trainer.accelerator.device
+    best.to(device)
+    best.eval()
+
+    def encode(sentences: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return best.encode(sentences, batch_size=cfg.eval_batch_size, device=device)
+
+    res = evaluate_sts(encode, cfg.data_dir, tasks=TASKS, split="test")
+    table = res.table()
+    print(f"\nSTS test (Spearman x 100) of the best model, {root}:\n{table}", flush=True)
+    test = res.to_dict()
+    results = {"best_step": trainer.state.best_step, "stsb_dev": trainer.state.best_score,
+               "test": test, "steps": trainer.state.step, "versions": versions()}
+    atomic_write_text(root / "results.json", json.dumps(results, indent=1))
+    # Re-save the best model so its own metadata carries the test results.
+    meta = json.loads((root / "csekit.json").read_text(encoding="utf-8")) \
+        if (root / "csekit.json").exists() else {}
+    meta["test"] = test
+    best.save(root / STAGING, metadata=meta)
+    commit_best(root)
+    return test

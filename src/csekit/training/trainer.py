@@ -1,0 +1,422 @@
+"""The training loop on Hugging Face Accelerate.
+
+Accelerate owns the device, mixed precision, DDP wrapping and ``backward``; csekit owns the
+rest, so that every step is exactly what the papers describe:
+
+- the GLOBAL batch of ``batch_size`` sentences comes from ``SentenceCorpus.batches`` (identical
+  on every process); rank r takes rows ``r*b:(r+1)*b`` (b = batch_size / world_size), so that
+  gathering in rank order recreates the global batch;
+- each sentence is tokenised once and repeated (rows 2i and 2i+1, :func:`tokenize_pairs`), one
+  forward pass; the two dropout views are z[0::2] and z[1::2] (:func:`split_views`);
+- the objective gathers across processes itself; the trainer multiplies its loss by
+  ``world_size`` before backward (see :func:`csekit.distributed.gather_with_grad`);
+- gradient accumulation sums the gradients of ``grad_accum_steps`` global batches; each batch
+  keeps its own in-batch negatives (accumulation does not add negatives).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from csekit import distributed as D
+from csekit.data import SentenceCorpus, split_views, tokenize_pairs
+from csekit.errors import ConfigError, DataError, TrainingError
+from csekit.training.checkpoint import (
+    TrainerState,
+    checkpoint_dir,
+    list_checkpoints,
+    load_checkpoint,
+    rotate_checkpoints,
+    save_checkpoint,
+)
+from csekit.training.config import TrainConfig
+from csekit.training.metrics import MetricsLogger
+from csekit.training.model_io import evaluate_dev, final_test, recover_best, save_best
+from csekit.training.rng import get_rng_state, seed_everything, set_rng_state
+from csekit.training.signals import StopSignal
+
+logger = logging.getLogger(__name__)
+
+_MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass
+class TrainResult:
+    """What a run did. ``exit_code`` is 0, or 130/143 after SIGINT/SIGTERM."""
+
+    output_dir: Path
+    steps: int
+    stopped: str  # completed | early_stopping | interrupted
+    best_score: float | None
+    best_step: int | None
+    exit_code: int = 0
+    losses: list[float] = field(default_factory=list)  # one per optimiser step of THIS process
+    test: dict[str, Any] | None = None
+
+
+def linear_schedule(warmup: int, total: int):  # noqa: ANN201 - a plain lambda factory
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+class Trainer:
+    """``Trainer(config).train()``: one run, resumable, on one or many processes."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.config = config
+        if config.precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+        self.accelerator = Accelerator(
+            mixed_precision=_MIXED[config.precision],
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process
+        config.validate(world_size=self.world)
+        self.output_dir = Path(config.output_dir)
+        self._check_paths()
+        seed_everything(config.seed)
+        self._build()
+
+    # ------------------------------------------------------------------ set-up
+    def _check_paths(self) -> None:
+        cfg = self.config
+        train = Path(cfg.train_file or "")
+        if not train.is_file():
+            raise DataError(f"training corpus {train} not found (--train-file)")
+        if cfg.data_dir is not None:
+            stsb = Path(cfg.data_dir) / "downstream" / "STS" / "STSBenchmark" / "sts-dev.csv"
+            if not stsb.is_file():
+                raise DataError(f"--data-dir {cfg.data_dir}: no SentEval STS-B dev file at {stsb}; "
+                                f"point it at the folder that contains downstream/")
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ConfigError(f"--output-dir {self.output_dir} exists and is not a directory")
+        if self.is_main:
+            recover_best(self.output_dir)
+        if list_checkpoints(self.output_dir) and not cfg.resume:
+            raise ConfigError(f"--output-dir {self.output_dir} already holds checkpoints; pass "
+                              f"--resume to continue that run or choose another directory")
+
+    def _build(self) -> None:
+        from csekit.encoder import Encoder
+        from csekit.objectives import build_objective
+
+        cfg = self.config
+        self.encoder = Encoder.from_pretrained(cfg.model, pooler=cfg.pooler, mlp=cfg.mlp,
+                                               dropout=cfg.dropout,
+                                               trust_remote_code=cfg.trust_remote_code)
+        self.objective = build_objective(cfg.objective, **cfg.objective_hparams())
+        self.objective.to(self.accelerator.device)
+        self.corpus = SentenceCorpus(cfg.train_file, dedup=cfg.dedup, on_bad_line=cfg.on_bad_line)
+        self.batches_per_epoch = self._count_batches()
+        if self.batches_per_epoch < 1:
+            raise DataError(f"corpus {cfg.train_file} has fewer sentences than one global batch "
+                            f"of {cfg.batch_size}; lower --batch-size or add sentences")
+        if cfg.max_steps is not None:
+            self.total_steps = cfg.max_steps
+        else:
+            self.total_steps = (cfg.epochs * self.batches_per_epoch) // cfg.grad_accum_steps
+            if self.total_steps < 1:
+                raise DataError(f"corpus {cfg.train_file} gives {self.batches_per_epoch} batches, "
+                                f"fewer than --grad-accum-steps {cfg.grad_accum_steps}")
+        warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+        named = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if not any(k in n for k in no_decay)],
+             "weight_decay": cfg.weight_decay},
+            {"params": [p for n, p in named if any(k in n for k in no_decay)],
+             "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        self.model, self.optimizer = self.accelerator.prepare(self.encoder, optimizer)
+        # Not prepared: Accelerate would step it once per process; it steps once per update here.
+        self.scheduler = LambdaLR(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
+                                  else self.optimizer, linear_schedule(warmup, self.total_steps))
+        self.state = TrainerState()
+
+    def _count_batches(self) -> int:
+        return self.corpus.num_batches(self.config.batch_size)
+
+    # ------------------------------------------------------------------ data
+    def _micro_batches(self) -> Iterator[list[str]]:
+        """Global batches from the saved data position on, across epochs; updates the state."""
+        cfg = self.config
+        while True:
+            if cfg.max_steps is None and self.state.epoch >= cfg.epochs:
+                return
+            it = self.corpus.batches(cfg.batch_size, seed=cfg.seed, epoch=self.state.epoch,
+                                     skip=self.state.batches_in_epoch)
+            got = False
+            for batch in it:
+                if len(batch) < cfg.batch_size:
+                    break  # a short last batch is dropped (fixed global batch size)
+                got = True
+                self.state.batches_in_epoch += 1
+                yield batch
+            if not got and self.state.batches_in_epoch == 0:
+                raise DataError(f"corpus {cfg.train_file} yields no full batch of "
+                                f"{cfg.batch_size} sentences")
+            self.state.epoch += 1
+            self.state.batches_in_epoch = 0
+
+    def _local_inputs(self, batch: list[str]) -> dict[str, torch.Tensor]:
+        b = self.config.batch_size // self.world
+        local = batch[self.rank * b:(self.rank + 1) * b]
+        enc = tokenize_pairs(self.encoder.tokenizer, local, self.config.max_seq_len)
+        dev = self.accelerator.device
+        return {k: v.to(dev) for k, v in enc.items()}
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self) -> None:
+        ckpts = list_checkpoints(self.output_dir)
+        if not ckpts:
+            logger.warning("--resume: no checkpoint in %s/checkpoints; starting from scratch",
+                           self.output_dir)
+            return
+        path = ckpts[-1]
+        state, rng_states, saved_cfg = load_checkpoint(
+            path, model=self.accelerator.unwrap_model(self.model),
+            optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
+            else self.optimizer, scheduler=self.scheduler, objective=self.objective)
+        for key in ("model", "objective", "batch_size", "seed"):
+            if key in saved_cfg and saved_cfg[key] != getattr(self.config, key):
+                logger.warning("resuming with %s=%r, the checkpoint was written with %r",
+                               key, getattr(self.config, key), saved_cfg[key])
+        self.state = state
+        if len(rng_states) == self.world:
+            set_rng_state(rng_states[self.rank])
+        else:
+            logger.warning("checkpoint has RNG states of %d processes, this run has %d: "
+                           "dropout masks will differ from an uninterrupted run",
+                           len(rng_states), self.world)
+            seed_everything(self.config.seed + state.step + self.rank)
+        logger.info("resumed from %s (step %d, epoch %d, batch %d of the epoch)", path,
+                    state.step, state.epoch, state.batches_in_epoch)
+
+    def _save_checkpoint(self) -> None:
+        rng = get_rng_state()
+        if D.is_distributed():
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, rng)
+            rng_states = gathered
+        else:
+            rng_states = [rng]
+        if self.is_main:
+            save_checkpoint(checkpoint_dir(self.output_dir, self.state.step),
+                            model=self.accelerator.unwrap_model(self.model),
+                            optimizer=self.optimizer, scheduler=self.scheduler,
+                            objective=self.objective, rng_states=rng_states, state=self.state,
+                            config=self.config.to_dict())
+            rotate_checkpoints(self.output_dir, self.config.save_total_limit)
+        D.barrier()
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> TrainResult:
+        cfg = self.config
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        D.barrier()
+        metrics = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=cfg.tensorboard)
+        if cfg.resume:
+            self._resume()
+            metrics.truncate_after(self.state.step)
+        result = TrainResult(self.output_dir, self.state.step, "completed",
+                             self.state.best_score, self.state.best_step)
+        if self.state.finished:
+            logger.info("the run in %s already finished; nothing to resume", self.output_dir)
+            return result
+        try:
+            with StopSignal() as stop:
+                self._loop(stop, metrics, result)
+        finally:
+            metrics.close()
+        result.steps = self.state.step
+        result.best_score, result.best_step = self.state.best_score, self.state.best_step
+        if result.stopped != "interrupted" and self.is_main:
+            if cfg.data_dir is None:
+                save_best(self, score=None)
+            if cfg.data_dir is not None and cfg.final_test:
+                result.test = final_test(self)
+        D.barrier()
+        return result
+
+    def _loop(self, stop: StopSignal, metrics: MetricsLogger, result: TrainResult) -> None:
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step",
+                   disable=not (self.is_main and cfg.progress) or bool(os.environ.get("CI")),
+                   dynamic_ncols=True)
+        data = self._micro_batches()
+        self.model.train()
+        t0, sent0 = time.perf_counter(), self.state.sentences_seen
+        window: list[float] = []
+        last_stats: dict[str, float] = {}
+        save_every = cfg.save_steps or cfg.eval_steps
+        while self.state.step < self.total_steps:
+            loss_value, stats, ok = self._step(data)
+            if loss_value is None:  # data exhausted
+                break
+            if not ok:
+                continue
+            self.state.step += 1
+            step = self.state.step
+            result.losses.append(loss_value)
+            window.append(loss_value)
+            last_stats = stats
+            bar.update(1)
+            done = step >= self.total_steps
+            if step % cfg.logging_steps == 0 or done:
+                elapsed = time.perf_counter() - t0
+                rate = (self.state.sentences_seen - sent0) / elapsed if elapsed > 0 else 0.0
+                lr = self.scheduler.get_last_lr()[0]
+                metrics.log({"step": step, "epoch": self.state.epoch,
+                             "loss": sum(window) / len(window), "lr": lr,
+                             "sentences_per_s": rate, **{f"obj/{k}": v
+                                                         for k, v in last_stats.items()}})
+                bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{lr:.2e}",
+                                sent_s=f"{rate:.0f}")
+                window.clear()
+            evaluated = False
+            if cfg.data_dir is not None and (step % cfg.eval_steps == 0 or done):
+                self._evaluate(metrics)
+                evaluated = True
+            interrupted = self._any(stop.requested)
+            early = (cfg.patience is not None
+                     and self.state.evals_without_improvement >= cfg.patience)
+            if early or done:
+                self.state.finished = True
+            if step % save_every == 0 or interrupted or early or done or evaluated:
+                self._save_checkpoint()
+            if interrupted:
+                result.stopped, result.exit_code = "interrupted", stop.exit_code or 130
+                logger.warning("stopped by signal at step %d; resume with --resume", step)
+                break
+            if early:
+                result.stopped = "early_stopping"
+                logger.info("early stopping at step %d: no STS-B dev improvement in %d "
+                            "evaluations (best %.2f at step %s)", step, cfg.patience,
+                            self.state.best_score or float("nan"), self.state.best_step)
+                break
+        bar.close()
+
+    def _any(self, flag: bool) -> bool:
+        """True when ``flag`` is set on any process (all processes must take the same branch)."""
+        if not D.is_distributed():
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(D.all_reduce_sum_(t).item() > 0)
+
+    def _step(self, data: Iterator[list[str]]) -> tuple[float | None, dict[str, float], bool]:
+        """One optimiser update over ``grad_accum_steps`` global batches.
+
+        Returns (mean loss, objective stats, applied); (None, {}, False) when data runs out.
+        """
+        cfg = self.config
+        snapshot = None
+        if cfg.skip_nonfinite:
+            snapshot = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                        for k, v in self.objective.state_dict().items()}
+        losses: list[float] = []
+        stats: dict[str, float] = {}
+        for micro in range(cfg.grad_accum_steps):
+            try:
+                batch = next(data)
+            except StopIteration:
+                return None, {}, False
+            inputs = self._local_inputs(batch)
+            last = micro == cfg.grad_accum_steps - 1
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+            with sync:
+                z = self.model(**inputs).float()  # (2b, d): rows 2i, 2i+1 = sentence i
+                z1, z2 = split_views(z)
+                out = self.objective(z1, z2)
+                loss = out.loss
+                bad = self._any(not bool(torch.isfinite(loss.detach()).item()))
+                if bad:
+                    self._on_nonfinite(loss, z, snapshot)
+                    return 0.0, {}, False
+                self.accelerator.backward(loss * (self.world / cfg.grad_accum_steps))
+            losses.append(float(loss.detach().item()))
+            stats = {k: float(v) for k, v in (out.stats or {}).items()
+                     if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor)
+                                                        and v.numel() == 1)}
+            self.state.sentences_seen += cfg.batch_size
+        if cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        if not getattr(self.optimizer, "step_was_skipped", False):
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sum(losses) / len(losses), stats, True
+
+    def _on_nonfinite(self, loss: torch.Tensor, z: torch.Tensor,
+                      snapshot: dict[str, Any] | None) -> None:
+        cfg = self.config
+        step = self.state.step + 1
+        last = list_checkpoints(self.output_dir)
+        if not cfg.skip_nonfinite:
+            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint yet"
+            raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}; stopped, {kept}"
+                                f"; lower --learning-rate, use --precision fp32, or pass "
+                                f"--skip-nonfinite")
+        # Keep DDP's reducer consistent: a backward of zero, then drop every gradient.
+        self.accelerator.backward(torch.nan_to_num(z, 0.0, 0.0, 0.0).sum() * 0.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        if snapshot is not None:
+            self.objective.load_state_dict(snapshot)
+        self.state.skipped_nonfinite += 1
+        logger.warning("non-finite loss at step %d: update skipped (--skip-nonfinite; %d so far)",
+                       step, self.state.skipped_nonfinite)
+        if self.state.skipped_nonfinite > 100 and self.state.skipped_nonfinite > step // 2:
+            raise TrainingError(f"{self.state.skipped_nonfinite} non-finite losses by step "
+                                f"{step}: training diverged; lower --learning-rate")
+
+    def _evaluate(self, metrics: MetricsLogger) -> None:
+        score = evaluate_dev(self) if self.is_main else 0.0
+        t = torch.tensor([score], dtype=torch.float64, device=self.accelerator.device)
+        score = float(D.broadcast_(t).item())
+        st = self.state
+        improved = st.best_score is None or score > st.best_score
+        if improved:
+            st.best_score, st.best_step = score, st.step
+            st.evals_without_improvement = 0
+            if self.is_main:
+                save_best(self, score=score)
+        else:
+            st.evals_without_improvement += 1
+        st.history.append({"step": st.step, "stsb_dev": score})
+        metrics.log({"step": st.step, "eval/stsb_dev_spearman": score,
+                     "eval/best": st.best_score, "eval/best_step": st.best_step})
+        logger.info("step %d: STS-B dev Spearman %.2f (best %.2f at step %d)", st.step, score,
+                    st.best_score, st.best_step)
+        D.barrier()
+        self.model.train()
+
+
+__all__ = ["Trainer", "TrainResult", "linear_schedule"]
