@@ -1,0 +1,130 @@
+"""Two CPU processes (gloo) on shards == one process on the global batch, for ClusterNS-focal.
+
+Each process holds the same linear "encoder", embeds its shard, the objective gathers the global
+batch itself; the loss is multiplied by world_size before backward and parameter gradients are
+averaged as DDP does. Losses, input gradients, parameters and centroids must match the single
+process run to 1e-5, and centroids must be bit-identical across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+
+from csekit import distributed
+from csekit.objectives import build_objective
+
+WORLD = 2
+GLOBAL_B, D_IN, D, K, STEPS = 12, 10, 8, 8, 6  # K > local batch: init must use the global batch
+SHARED = [3.0, 3.0, 0.0, 1.0, 0.0, 2.0]  # mean cosine high, high, low -> start at step 2
+OPTS = dict(n_clusters=K, kmeans_start_cosine=0.4, bml_weight=0.05, alpha=0.2, beta=0.5,
+            kmeans_lr=0.05, seed=3)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    u = torch.randn(1, D_IN, generator=g)
+    x = SHARED[step] * u + torch.randn(GLOBAL_B, D_IN, generator=g)
+    noise = 0.2 * torch.randn(GLOBAL_B, D_IN, generator=g)
+    return x, x + noise
+
+
+def _run(rank: int, world: int) -> dict[str, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(D_IN, D)
+    obj = build_objective("clusterns-focal", **OPTS)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    rec: dict[str, list[torch.Tensor]] = {"loss": [], "g1": [], "g2": [], "centroids": [], "started": []}
+    b = GLOBAL_B // world
+    for step in range(STEPS):
+        x1, x2 = _global_batch(step)
+        z1 = model(x1[rank * b:(rank + 1) * b])
+        z2 = model(x2[rank * b:(rank + 1) * b])
+        z1.retain_grad()
+        z2.retain_grad()
+        out = obj(z1, z2)
+        opt.zero_grad()
+        (out.loss * world).backward()
+        for p in model.parameters():  # what DDP does: average gradients over processes
+            distributed.all_reduce_sum_(p.grad)
+            p.grad /= world
+        opt.step()
+        rec["loss"].append(out.loss.detach().clone())
+        rec["g1"].append(z1.grad.detach() / world)  # this shard's part of d(loss)/d(z1)
+        rec["g2"].append(z2.grad.detach() / world)
+        rec["centroids"].append(obj.centroids.detach().clone())
+        rec["started"].append(torch.tensor(obj.started))
+    rec["params"] = [p.detach().clone() for p in model.parameters()]
+    return rec
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        assert distributed.world_size() == world
+        torch.save(_run(rank, world), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert not distributed.is_distributed()
+    single = _run(0, 1)
+    return single, ranks
+
+
+def test_clustering_started_mid_run(runs):
+    single, ranks = runs
+    want = [False, False, True, True, True, True]
+    assert [bool(s) for s in single["started"]] == want
+    for r in ranks:
+        assert [bool(s) for s in r["started"]] == want
+
+
+def test_losses_equal_single_process(runs):
+    single, ranks = runs
+    for r in ranks:
+        assert torch.allclose(torch.stack(r["loss"]), torch.stack(single["loss"]), atol=1e-5, rtol=0)
+
+
+def test_input_gradients_equal_single_process(runs):
+    single, ranks = runs
+    for step in range(STEPS):
+        for key in ("g1", "g2"):
+            got = torch.cat([r[key][step] for r in ranks])
+            assert torch.allclose(got, single[key][step], atol=1e-5, rtol=0), (key, step)
+
+
+def test_centroids_identical_across_ranks_and_equal_single_process(runs):
+    single, ranks = runs
+    for step in range(2, STEPS):
+        assert torch.equal(ranks[0]["centroids"][step], ranks[1]["centroids"][step])
+        assert torch.allclose(ranks[0]["centroids"][step], single["centroids"][step], atol=1e-5, rtol=0)
+
+
+def test_parameters_equal_single_process(runs):
+    single, ranks = runs
+    for r in ranks:
+        for p, q in zip(r["params"], single["params"]):
+            assert torch.allclose(p, q, atol=1e-5, rtol=0)
+    # the run did move the parameters (otherwise the comparison would be empty)
+    torch.manual_seed(0)
+    assert not torch.allclose(torch.nn.Linear(D_IN, D).weight, single["params"][0], atol=1e-3)
