@@ -1,0 +1,69 @@
+"""``csekit data download | check``: fetch the evaluation data and corpus; vet a training file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("data", help="download evaluation data and corpora; check a corpus",
+                                   description="Download SentEval STS/SICK and wiki1m; check a corpus.")
+    parser.set_defaults(func=lambda args: _usage(parser))
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+
+    dl = sub.add_parser(
+        "download", help="fetch SentEval STS/SICK files and SimCSE's wiki1m corpus",
+        description="Fetch SentEval's STS12-16, STS-B and SICK files (from SimCSE's senteval.tar) "
+                    "and wiki1m_for_simcse.txt, verify checksums, resume partial downloads.")
+    dl.add_argument("--dest", type=Path, default=None,
+                    help="data folder to fill (default: $CSEKIT_DATA or ./data); "
+                         "it can then be passed to `csekit eval --data-dir`")
+    dl.add_argument("--what", default="senteval,wiki1m",
+                    help="comma-separated items: senteval, wiki1m (default: both)")
+    dl.add_argument("--base-url", default=None,
+                    help="download from this URL prefix instead of the Hugging Face hub "
+                         "(also $CSEKIT_DOWNLOAD_BASE_URL)")
+    dl.add_argument("--keep-archive", action="store_true", help="keep senteval.tar after extraction")
+    dl.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
+    dl.set_defaults(func=_download)
+
+    ck = sub.add_parser("check", help="index a training corpus and print its statistics",
+                        description="Read a one-sentence-per-line corpus (plain or .gz) with the "
+                                    "training rules and print what would be kept.")
+    ck.add_argument("file", type=Path)
+    ck.add_argument("--dedup", action="store_true", help="drop repeated sentences")
+    ck.add_argument("--on-bad-line", choices=("error", "skip"), default="error",
+                    help="invalid UTF-8 / NUL bytes: stop with an error (default) or skip and count")
+    ck.add_argument("--batch-size", type=int, default=None,
+                    help="also check the corpus fills at least one global batch of this size")
+    ck.set_defaults(func=_check)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _download(args: argparse.Namespace) -> int:
+    from csekit.data.download import download
+
+    paths = download(args.dest, args.what, base_url=args.base_url,
+                     keep_archive=args.keep_archive, timeout=args.timeout)
+    for item, path in paths.items():
+        print(f"{item}: {path}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from csekit.data import SentenceCorpus
+
+    corpus = SentenceCorpus(args.file, dedup=args.dedup, on_bad_line=args.on_bad_line)
+    if args.batch_size is not None:
+        corpus.check_batch_size(args.batch_size)
+    report = {"file": str(args.file), **corpus.stats}
+    if corpus.bad_line_numbers:
+        report["first_bad_lines"] = corpus.bad_line_numbers
+    print(json.dumps(report, indent=1))
+    return 0
