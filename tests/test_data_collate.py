@@ -30,7 +30,7 @@ def test_pair_layout_matches_single_encoding(tokenizer) -> None:
     assert set(batch) == {"input_ids", "attention_mask", "token_type_ids"}
     n, length = batch["input_ids"].shape
     assert n == 2 * len(SENTENCES) and length <= max_len
-    for key, tensor in batch.items():
+    for tensor in batch.values():
         assert tensor.shape == (n, length)
     for i, sentence in enumerate(SENTENCES):
         alone = tokenizer(sentence, truncation=True, max_length=max_len)["input_ids"]

@@ -10,7 +10,8 @@ before calling :func:`tokenize_pairs`, so a pair never straddles two processes.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -7,8 +7,9 @@ import logging
 import os
 import time
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class SentenceCorpus:
         self._fingerprint = (st.st_size, st.st_mtime_ns)
         offsets = array("q")
         hashes = array("Q")
-        stats = dict(lines=0, blank=0, too_short=0, bad_lines=0, truncated=0, duplicates=0)
+        stats = {"lines": 0, "blank": 0, "too_short": 0, "bad_lines": 0, "truncated": 0, "duplicates": 0}
         try:
             for line in iter_lines(self.path, max_chars=self.max_chars):
                 stats["lines"] += 1
@@ -145,7 +146,7 @@ class SentenceCorpus:
     # ------------------------------------------------------------------ sizes
     def __len__(self) -> int:
         """Number of sentences kept after cleaning and de-duplication."""
-        return int(len(self._offsets))
+        return len(self._offsets)
 
     def num_batches(self, batch_size: int) -> int:
         """Full global batches per epoch (the last incomplete batch is dropped)."""

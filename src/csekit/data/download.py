@@ -38,8 +38,8 @@ import logging
 import os
 import shutil
 import tarfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Mapping
 
 from csekit.data.fetch import DownloadError, fetch, sha256_file
 from csekit.data.senteval_manifest import SENTEVAL_SHA256

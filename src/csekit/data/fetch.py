@@ -23,7 +23,6 @@ import http.client
 import logging
 import os
 import re
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -175,7 +174,7 @@ def _copy(resp: http.client.HTTPResponse, part: Path, mode: str, have: int, tota
             while True:
                 try:
                     block = resp.read(CHUNK)
-                except (http.client.IncompleteRead, OSError, socket.timeout) as err:
+                except (TimeoutError, http.client.IncompleteRead, OSError) as err:
                     f.flush()
                     os.fsync(f.fileno())
                     raise DownloadError(f"download of {url} interrupted after {written} bytes "

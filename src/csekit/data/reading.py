@@ -17,9 +17,10 @@ import codecs
 import gzip
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 _SKIP_CHUNK = 1 << 16
 _BOM = "\ufeff"
