@@ -23,7 +23,7 @@ from csekit.errors import ConfigError
 
 
 def _cos(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b)) / (
+    return sum(x * y for x, y in zip(a, b, strict=True)) / (
         math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
     )
 
@@ -136,7 +136,9 @@ def test_cluster_sums_split_equals_whole():
     s_b, n_b = cluster_sums(z[12:], c)
     assert torch.allclose(s_a + s_b, s_all, atol=1e-6)
     assert torch.equal(n_a + n_b, n_all)
-    assert torch.allclose(apply_momentum(c, s_a + s_b, n_a + n_b, lr=0.1), momentum_update(c, z, lr=0.1), atol=1e-6)
+    assert torch.allclose(
+        apply_momentum(c, s_a + s_b, n_a + n_b, lr=0.1), momentum_update(c, z, lr=0.1), atol=1e-6
+    )
 
 
 def test_momentum_update_keeps_float32_under_bf16_inputs():

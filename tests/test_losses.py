@@ -14,7 +14,7 @@ T = 0.05
 
 
 def _cos(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
     na = math.sqrt(sum(x * x for x in a))
     nb = math.sqrt(sum(y * y for y in b))
     return dot / (na * nb)
@@ -123,7 +123,9 @@ def test_focal_matches_loop(with_h, margin, dtype, tol):
 def test_bml_matches_loop(alpha, beta, reduction):
     z1, z2, _ = _views(seed=5)
     mask = _mask()
-    got = bidirectional_margin_loss(z1, z2, mask, alpha=alpha, beta=beta, reduction=reduction).item()
+    got = bidirectional_margin_loss(
+        z1, z2, mask, alpha=alpha, beta=beta, reduction=reduction
+    ).item()
     want = loop_bml(z1, z2, mask, alpha, beta, reduction)
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
 
@@ -132,8 +134,13 @@ def test_bml_quirk_all_reduction_has_constant_offset_without_pairs():
     z1, z2, _ = _views(seed=6)
     empty = torch.zeros(12, 12, dtype=torch.bool)
     # no pair: every entry contributes ReLU(alpha) + ReLU(-beta) = alpha (alpha, beta > 0)
-    assert bidirectional_margin_loss(z1, z2, empty, alpha=0.2, beta=0.5).item() == pytest.approx(0.2)
-    assert bidirectional_margin_loss(z1, z2, empty, alpha=0.2, beta=0.5, reduction="pairs").item() == 0.0
+    assert bidirectional_margin_loss(z1, z2, empty, alpha=0.2, beta=0.5).item() == pytest.approx(
+        0.2
+    )
+    assert (
+        bidirectional_margin_loss(z1, z2, empty, alpha=0.2, beta=0.5, reduction="pairs").item()
+        == 0.0
+    )
 
 
 def test_gradcheck_all_losses():
@@ -143,22 +150,31 @@ def test_gradcheck_all_losses():
     h.requires_grad_(True)
     mask = _mask(b=5, seed=2)
     assert torch.autograd.gradcheck(lambda a, b, c: info_nce(a, b, hard_negatives=c), (z1, z2, h))
-    assert torch.autograd.gradcheck(lambda a, b, c: focal_info_nce(a, b, hard_negatives=c), (z1, z2, h))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: focal_info_nce(a, b, hard_negatives=c), (z1, z2, h)
+    )
     assert torch.autograd.gradcheck(lambda a, b: focal_info_nce(a, b, margin=0.0), (z1, z2))
     for red in ("all", "pairs"):
         assert torch.autograd.gradcheck(
-            lambda a, b: bidirectional_margin_loss(a, b, mask, alpha=0.2, beta=0.5, reduction=red), (z1, z2)
+            lambda a, b, red=red: bidirectional_margin_loss(
+                a, b, mask, alpha=0.2, beta=0.5, reduction=red
+            ),
+            (z1, z2),
         )
 
 
 @pytest.mark.parametrize("b", [2, 8, 33])
 def test_collinear_limits(b):
     v = torch.randn(1, 7, dtype=torch.float64)
-    z = v.repeat(b, 1) * torch.rand(b, 1, dtype=torch.float64).add(0.5)  # same direction, other norms
+    z = v.repeat(b, 1) * torch.rand(b, 1, dtype=torch.float64).add(
+        0.5
+    )  # same direction, other norms
     m = 0.3
     assert info_nce(z, z).item() == pytest.approx(math.log(b), rel=1e-12)
     assert info_nce(z, z, hard_negatives=z).item() == pytest.approx(math.log(2 * b), rel=1e-12)
-    assert focal_info_nce(z, z, margin=m).item() == pytest.approx(math.log1p((b - 1) * math.exp(m / T)), rel=1e-12)
+    assert focal_info_nce(z, z, margin=m).item() == pytest.approx(
+        math.log1p((b - 1) * math.exp(m / T)), rel=1e-12
+    )
     assert focal_info_nce(z, z, margin=m, hard_negatives=z).item() == pytest.approx(
         math.log1p((2 * b - 1) * math.exp(m / T)), rel=1e-12
     )
@@ -167,7 +183,9 @@ def test_collinear_limits(b):
 def _equicorrelated(b: int, c: float) -> torch.Tensor:
     """b unit vectors with pairwise cosine exactly c (c >= 0)."""
     eye = torch.eye(b, dtype=torch.float64)
-    return torch.cat([torch.full((b, 1), math.sqrt(c), dtype=torch.float64), math.sqrt(1 - c) * eye], dim=1)
+    return torch.cat(
+        [torch.full((b, 1), math.sqrt(c), dtype=torch.float64), math.sqrt(1 - c) * eye], dim=1
+    )
 
 
 @pytest.mark.parametrize("m", [0.3, 0.1, 0.5])
@@ -176,7 +194,9 @@ def test_focal_equals_infonce_where_negatives_sit_at_one_minus_m(m):
     b = 9
     z = _equicorrelated(b, 1 - m)
     s = cosine_matrix(z, z)
-    assert torch.allclose(s[~torch.eye(b, dtype=torch.bool)], torch.full((b * b - b,), 1 - m, dtype=torch.float64))
+    assert torch.allclose(
+        s[~torch.eye(b, dtype=torch.bool)], torch.full((b * b - b,), 1 - m, dtype=torch.float64)
+    )
     want = math.log1p((b - 1) * math.exp(-m / T))
     assert info_nce(z, z).item() == pytest.approx(want, rel=1e-10)
     assert focal_info_nce(z, z, margin=m).item() == pytest.approx(want, rel=1e-10)

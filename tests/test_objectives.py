@@ -10,6 +10,7 @@ from test_clustering import loop_greedy_chain, loop_momentum, loop_nearest
 from test_losses import _cos, loop_bml, loop_focal, loop_info_nce
 
 from csekit.errors import ConfigError
+from csekit.losses import focal_info_nce, info_nce
 from csekit.objectives import (
     ClusterNS,
     ClusterNSFocal,
@@ -19,7 +20,6 @@ from csekit.objectives import (
     build_objective,
     clusterns_loss,
 )
-from csekit.losses import focal_info_nce, info_nce
 
 B, D, K = 16, 8, 4
 
@@ -41,8 +41,19 @@ def _mean_cos(z1, z2) -> float:
 class LoopClusterNS:
     """The ClusterNS lifecycle of REFERENCE.md, written with plain loops (float64)."""
 
-    def __init__(self, *, focal=False, start=0.4, lr=1e-3, bml_weight=1e-4, alpha=0.2, beta=0.5,
-                 seed=0, T=0.05, m=0.3):
+    def __init__(
+        self,
+        *,
+        focal=False,
+        start=0.4,
+        lr=1e-3,
+        bml_weight=1e-4,
+        alpha=0.2,
+        beta=0.5,
+        seed=0,
+        T=0.05,
+        m=0.3,
+    ):
         self.focal, self.start, self.lr, self.w = focal, start, lr, bml_weight
         self.alpha, self.beta, self.seed, self.T, self.m = alpha, beta, seed, T, m
         self.c = None
@@ -50,17 +61,31 @@ class LoopClusterNS:
     def step(self, z1, z2) -> float:
         z1, z2 = z1.double(), z2.double()
         if self.c is None:
-            loss = loop_focal(z1, z2, self.T, self.m) if self.focal else loop_info_nce(z1, z2, self.T)
+            loss = (
+                loop_focal(z1, z2, self.T, self.m) if self.focal else loop_info_nce(z1, z2, self.T)
+            )
             if _mean_cos(z1, z2) <= self.start:
-                first = int(torch.randint(z1.shape[0], (1,), generator=torch.Generator().manual_seed(self.seed)))
+                first = int(
+                    torch.randint(
+                        z1.shape[0], (1,), generator=torch.Generator().manual_seed(self.seed)
+                    )
+                )
                 self.c = z1[loop_greedy_chain(z1, z2, K, first)]
             return loss
         self.c = loop_momentum(self.c, z1, self.lr, "sum")
         near = loop_nearest(z1, self.c)
         h = self.c[[n[1] for n in near]]
-        loss = loop_focal(z1, z2, self.T, self.m, h) if self.focal else loop_info_nce(z1, z2, self.T, h)
-        mask = torch.tensor([[i != j and near[i][0] == near[j][0] for j in range(len(near))]
-                             for i in range(len(near))])
+        loss = (
+            loop_focal(z1, z2, self.T, self.m, h)
+            if self.focal
+            else loop_info_nce(z1, z2, self.T, h)
+        )
+        mask = torch.tensor(
+            [
+                [i != j and near[i][0] == near[j][0] for j in range(len(near))]
+                for i in range(len(near))
+            ]
+        )
         return loss + self.w * loop_bml(z1, z2, mask, self.alpha, self.beta)
 
 
@@ -69,7 +94,7 @@ SCHEDULE = [3.0, 3.0, 0.0, 3.0, 0.0, 0.5]  # mean cosine high, high, low (start)
 
 @pytest.mark.parametrize("focal", [False, True])
 def test_clusterns_lifecycle_matches_loop_oracle(focal):
-    kw = dict(bml_weight=0.05, alpha=0.2, beta=0.5)  # a visible margin term
+    kw = {"bml_weight": 0.05, "alpha": 0.2, "beta": 0.5}  # a visible margin term
     obj = build_objective("clusterns-focal" if focal else "clusterns", n_clusters=K, seed=5, **kw)
     ref = LoopClusterNS(focal=focal, seed=5, **kw)
     started = []
@@ -111,8 +136,13 @@ def test_start_threshold_extremes(start):
 
 @pytest.mark.parametrize("focal", [False, True])
 def test_clusterns_without_hard_negatives_and_bml_equals_plain(focal):
-    obj = ClusterNS(loss="focal" if focal else "infonce", n_clusters=K, hard_negatives=False,
-                    bml_weight=0.0, kmeans_start_cosine=1.0)
+    obj = ClusterNS(
+        loss="focal" if focal else "infonce",
+        n_clusters=K,
+        hard_negatives=False,
+        bml_weight=0.0,
+        kmeans_start_cosine=1.0,
+    )
     plain = FocalInfoNCE() if focal else SimCSE()
     for step in range(5):
         z1, z2 = _batch(step, 1.0)
@@ -146,7 +176,9 @@ def test_clusterns_loss_matches_loop_and_gradcheck():
     assert got.item() == pytest.approx(want, rel=1e-5)
     a = z1[:6].double().requires_grad_(True)
     b = z2[:6].double().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x, y: clusterns_loss(x, y, c.double(), bml_weight=0.5), (a, b))
+    assert torch.autograd.gradcheck(
+        lambda x, y: clusterns_loss(x, y, c.double(), bml_weight=0.5), (a, b)
+    )
 
 
 def test_stats_match_loops():
@@ -173,7 +205,7 @@ def test_stats_match_loops():
 @pytest.mark.parametrize("name", ["clusterns", "clusterns-focal"])
 @pytest.mark.parametrize("restore_at", [1, 3])  # before the start, after it
 def test_state_dict_round_trip_continues_exactly(name, restore_at):
-    opts = dict(n_clusters=K, bml_weight=0.01, update_rule="sum")
+    opts = {"n_clusters": K, "bml_weight": 0.01, "update_rule": "sum"}
     a = build_objective(name, **opts)
     losses_a, losses_b = [], []
     b = None
@@ -220,7 +252,10 @@ def test_bml_pairs_reduction_and_mean_rule_are_wired():
 def test_simcse_and_focal_modules_equal_functions():
     z1, z2 = _batch(0, 1.0)
     assert SimCSE(0.1)(z1, z2).loss.item() == info_nce(z1, z2, temperature=0.1).item()
-    assert FocalInfoNCE(0.1, 0.2)(z1, z2).loss.item() == focal_info_nce(z1, z2, temperature=0.1, margin=0.2).item()
+    assert (
+        FocalInfoNCE(0.1, 0.2)(z1, z2).loss.item()
+        == focal_info_nce(z1, z2, temperature=0.1, margin=0.2).item()
+    )
 
 
 def test_gradients_flow_to_both_views():

@@ -23,8 +23,15 @@ from csekit.objectives import build_objective
 WORLD = 2
 GLOBAL_B, D_IN, D, K, STEPS = 12, 10, 8, 8, 6  # K > local batch: init must use the global batch
 SHARED = [3.0, 3.0, 0.0, 1.0, 0.0, 2.0]  # mean cosine high, high, low -> start at step 2
-OPTS = dict(n_clusters=K, kmeans_start_cosine=0.4, bml_weight=0.05, alpha=0.2, beta=0.5,
-            kmeans_lr=0.05, seed=3)
+OPTS = {
+    "n_clusters": K,
+    "kmeans_start_cosine": 0.4,
+    "bml_weight": 0.05,
+    "alpha": 0.2,
+    "beta": 0.5,
+    "kmeans_lr": 0.05,
+    "seed": 3,
+}
 
 
 def _free_port() -> int:
@@ -46,12 +53,18 @@ def _run(rank: int, world: int) -> dict[str, list[torch.Tensor]]:
     model = torch.nn.Linear(D_IN, D)
     obj = build_objective("clusterns-focal", **OPTS)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    rec: dict[str, list[torch.Tensor]] = {"loss": [], "g1": [], "g2": [], "centroids": [], "started": []}
+    rec: dict[str, list[torch.Tensor]] = {
+        "loss": [],
+        "g1": [],
+        "g2": [],
+        "centroids": [],
+        "started": [],
+    }
     b = GLOBAL_B // world
     for step in range(STEPS):
         x1, x2 = _global_batch(step)
-        z1 = model(x1[rank * b:(rank + 1) * b])
-        z2 = model(x2[rank * b:(rank + 1) * b])
+        z1 = model(x1[rank * b : (rank + 1) * b])
+        z2 = model(x2[rank * b : (rank + 1) * b])
         z1.retain_grad()
         z2.retain_grad()
         out = obj(z1, z2)
@@ -73,7 +86,9 @@ def _run(rank: int, world: int) -> dict[str, list[torch.Tensor]]:
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    tdist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         assert distributed.world_size() == world
         torch.save(_run(rank, world), Path(out_dir) / f"rank{rank}.pt")
@@ -102,7 +117,9 @@ def test_clustering_started_mid_run(runs):
 def test_losses_equal_single_process(runs):
     single, ranks = runs
     for r in ranks:
-        assert torch.allclose(torch.stack(r["loss"]), torch.stack(single["loss"]), atol=1e-5, rtol=0)
+        assert torch.allclose(
+            torch.stack(r["loss"]), torch.stack(single["loss"]), atol=1e-5, rtol=0
+        )
 
 
 def test_input_gradients_equal_single_process(runs):
@@ -117,13 +134,15 @@ def test_centroids_identical_across_ranks_and_equal_single_process(runs):
     single, ranks = runs
     for step in range(2, STEPS):
         assert torch.equal(ranks[0]["centroids"][step], ranks[1]["centroids"][step])
-        assert torch.allclose(ranks[0]["centroids"][step], single["centroids"][step], atol=1e-5, rtol=0)
+        assert torch.allclose(
+            ranks[0]["centroids"][step], single["centroids"][step], atol=1e-5, rtol=0
+        )
 
 
 def test_parameters_equal_single_process(runs):
     single, ranks = runs
     for r in ranks:
-        for p, q in zip(r["params"], single["params"]):
+        for p, q in zip(r["params"], single["params"], strict=True):
             assert torch.allclose(p, q, atol=1e-5, rtol=0)
     # the run did move the parameters (otherwise the comparison would be empty)
     torch.manual_seed(0)

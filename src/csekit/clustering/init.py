@@ -22,7 +22,9 @@ def greedy_chain_init(
     """
     b = z1.shape[0]
     if not 1 <= n_clusters <= b:
-        raise ValueError(f"greedy_chain_init needs 1 <= n_clusters <= batch ({b}), got {n_clusters}")
+        raise ValueError(
+            f"greedy_chain_init needs 1 <= n_clusters <= batch ({b}), got {n_clusters}"
+        )
     sim = cosine_matrix(z1.detach(), z2.detach())
     chosen = torch.zeros(b, dtype=torch.bool, device=sim.device)
     order = [int(first_index)]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -33,7 +34,9 @@ class ClusterState(nn.Module):
     centroids: torch.Tensor
     started: torch.Tensor
 
-    def __init__(self, n_clusters: int, *, init: InitMethod = "greedy_chain", seed: int = 0) -> None:
+    def __init__(
+        self, n_clusters: int, *, init: InitMethod = "greedy_chain", seed: int = 0
+    ) -> None:
         super().__init__()
         self.n_clusters = int(n_clusters)
         self.init = init
@@ -46,6 +49,15 @@ class ClusterState(nn.Module):
     def is_started(self) -> bool:
         return self._started
 
+    def check_batch(self, global_batch: int) -> None:
+        """ConfigError unless one global batch can seed ``n_clusters`` centroids."""
+        if self.n_clusters > global_batch:
+            raise ConfigError(
+                f"n_clusters={self.n_clusters} exceeds the global batch size {global_batch}: "
+                "ClusterNS initialises its centroids from one batch; lower n_clusters or raise "
+                "the batch size"
+            )
+
     @torch.no_grad()
     def initialize(self, z1: torch.Tensor, z2: torch.Tensor) -> None:
         """Initialise from the global batch (rank 0 chooses, everyone receives).
@@ -54,11 +66,7 @@ class ClusterState(nn.Module):
             z1, z2: (B_global, d), identical on every process
         """
         b, d = z1.shape
-        if self.n_clusters > b:
-            raise ConfigError(
-                f"n_clusters={self.n_clusters} exceeds the global batch size {b}: ClusterNS "
-                "initialises its centroids from one batch; lower n_clusters or raise the batch size"
-            )
+        self.check_batch(b)
         gen = torch.Generator().manual_seed(self.seed)
         if dist.rank() == 0:
             if self.init == "greedy_chain":
@@ -67,7 +75,9 @@ class ClusterState(nn.Module):
             elif self.init == "kmeans++":
                 c = kmeanspp_init(z1, self.n_clusters, generator=gen)
             else:
-                raise ConfigError(f"init={self.init!r} is not known; use 'greedy_chain' or 'kmeans++'")
+                raise ConfigError(
+                    f"init={self.init!r} is not known; use 'greedy_chain' or 'kmeans++'"
+                )
             c = c.to(z1.device)
         else:
             c = torch.empty(self.n_clusters, d, dtype=torch.float32, device=z1.device)
@@ -97,7 +107,9 @@ class ClusterState(nn.Module):
             self._buffers["centroids"] = original.to(device=moved.device, dtype=torch.float32)
         return out
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         key = prefix + "centroids"
         if key in state_dict:
             incoming = state_dict[key]
@@ -106,6 +118,8 @@ class ClusterState(nn.Module):
                     f"the checkpoint holds {incoming.shape[0]} centroids but n_clusters="
                     f"{self.n_clusters}; resume with the n_clusters it was trained with"
                 )
-            self.centroids = torch.empty(incoming.shape, dtype=torch.float32, device=self.centroids.device)
+            self.centroids = torch.empty(
+                incoming.shape, dtype=torch.float32, device=self.centroids.device
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._started = bool(self.started.item())

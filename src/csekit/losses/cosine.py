@@ -24,7 +24,9 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a: (n, d), b: (m, d) -> (n, m)
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"cosine_matrix expects (n, d) and (m, d), got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"cosine_matrix expects (n, d) and (m, d), got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     dtype = logits_dtype(a, b)
     with torch.autocast(device_type=a.device.type, enabled=False):
         an = F.normalize(a.to(dtype), dim=-1, eps=_EPS)
@@ -39,4 +41,6 @@ def check_temperature(temperature: float) -> None:
 
 def check_pair(z1: torch.Tensor, z2: torch.Tensor) -> None:
     if z1.dim() != 2 or z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )

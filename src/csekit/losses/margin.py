@@ -37,7 +37,9 @@ def bidirectional_margin_loss(
     check_pair(z1, z2)
     b = z1.shape[0]
     if false_negative_mask.shape != (b, b):
-        raise ValueError(f"false_negative_mask must be ({b}, {b}), got {tuple(false_negative_mask.shape)}")
+        raise ValueError(
+            f"false_negative_mask must be ({b}, {b}), got {tuple(false_negative_mask.shape)}"
+        )
     s = cosine_matrix(z1, z2)
     m = false_negative_mask.to(device=s.device, dtype=s.dtype)
     d = m * (s - s.diagonal().unsqueeze(1))

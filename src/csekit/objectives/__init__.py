@@ -1,4 +1,7 @@
-"""Objectives as modules: ``forward(z1_local, z2_local) -> ObjectiveOutput`` over the global batch."""
+"""Objectives as modules: ``forward(z1_local, z2_local) -> ObjectiveOutput``.
+
+The loss is that of the global batch (the objectives gather across processes themselves).
+"""
 
 from csekit.objectives.base import Objective, ObjectiveOutput
 from csekit.objectives.clusterns import ClusterNS, ClusterNSFocal, clusterns_loss

@@ -38,7 +38,9 @@ class Objective(nn.Module):
 
     def gather(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if z1.dim() != 2 or z1.shape != z2.shape:
-            raise ValueError(f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+            raise ValueError(
+                f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}"
+            )
         return gather_with_grad(z1), gather_with_grad(z2)
 
     @staticmethod
@@ -54,11 +56,15 @@ class Objective(nn.Module):
 
 def check_temperature(temperature: float) -> float:
     if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ConfigError(f"temperature must be a number > 0 (got {temperature!r}); the published value is 0.05")
+        raise ConfigError(
+            f"temperature must be a number > 0 (got {temperature!r}); the published value is 0.05"
+        )
     return float(temperature)
 
 
 def check_margin(margin: float) -> float:
     if not isinstance(margin, (int, float)) or not 0 <= margin < 1:
-        raise ConfigError(f"margin must be a number in [0, 1) (got {margin!r}); the published value is 0.3")
+        raise ConfigError(
+            f"margin must be a number in [0, 1) (got {margin!r}); the published value is 0.3"
+        )
     return float(margin)

@@ -52,7 +52,9 @@ def _cluster_terms(
         total = focal_info_nce(z1, z2, temperature=temperature, margin=margin, hard_negatives=hn)
     bml = None
     if bml_weight != 0:
-        bml = bidirectional_margin_loss(z1, z2, mask, alpha=alpha, beta=beta, reduction=bml_reduction)
+        bml = bidirectional_margin_loss(
+            z1, z2, mask, alpha=alpha, beta=beta, reduction=bml_reduction
+        )
         total = total + bml_weight * bml
     return _Terms(total, nearest, mask, hn, bml)
 
@@ -78,8 +80,17 @@ def clusterns_loss(
         z1, z2: (B, d); centroids: (k, d), k >= 2 -> scalar
     """
     return _cluster_terms(
-        z1, z2, centroids, loss="infonce", temperature=temperature, margin=0.0,
-        hard_negatives=True, bml_weight=bml_weight, alpha=alpha, beta=beta, bml_reduction="all",
+        z1,
+        z2,
+        centroids,
+        loss="infonce",
+        temperature=temperature,
+        margin=0.0,
+        hard_negatives=True,
+        bml_weight=bml_weight,
+        alpha=alpha,
+        beta=beta,
+        bml_reduction="all",
     ).loss
 
 
@@ -140,22 +151,43 @@ class ClusterNS(Objective):
         self.loss = loss
         self.margin = check_margin(margin) if loss == "focal" else float(margin)
         if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 2:
-            raise ConfigError(f"n_clusters must be an integer >= 2 (got {n_clusters!r}); the published value is 128")
+            raise ConfigError(
+                f"n_clusters must be an integer >= 2 (got {n_clusters!r}); "
+                "the published value is 128"
+            )
         if not isinstance(kmeans_lr, (int, float)) or not 0 < kmeans_lr <= 1:
-            raise ConfigError(f"kmeans_lr must be in (0, 1] (got {kmeans_lr!r}); the published value is 1e-3")
+            raise ConfigError(
+                f"kmeans_lr must be in (0, 1] (got {kmeans_lr!r}); the published value is 1e-3"
+            )
         if not isinstance(kmeans_start_cosine, (int, float)) or not -1 <= kmeans_start_cosine <= 1:
-            raise ConfigError(f"kmeans_start_cosine must be in [-1, 1] (got {kmeans_start_cosine!r}); the published value is 0.4")
-        if not isinstance(bml_weight, (int, float)) or not bml_weight >= 0 or math.isinf(bml_weight):
-            raise ConfigError(f"bml_weight must be a finite number >= 0 (got {bml_weight!r}); 0 disables the margin loss")
+            raise ConfigError(
+                f"kmeans_start_cosine must be in [-1, 1] (got {kmeans_start_cosine!r}); "
+                "the published value is 0.4"
+            )
+        if (
+            not isinstance(bml_weight, (int, float))
+            or not bml_weight >= 0
+            or math.isinf(bml_weight)
+        ):
+            raise ConfigError(
+                f"bml_weight must be a finite number >= 0 (got {bml_weight!r}); "
+                "0 disables the margin loss"
+            )
         for key, val in (("alpha", alpha), ("beta", beta)):
             if not isinstance(val, (int, float)) or not math.isfinite(val):
                 raise ConfigError(f"{key} must be a finite number (got {val!r})")
         if update_rule not in ("sum", "mean"):
-            raise ConfigError(f"update_rule={update_rule!r} is not known; use 'sum' (published) or 'mean'")
+            raise ConfigError(
+                f"update_rule={update_rule!r} is not known; use 'sum' (published) or 'mean'"
+            )
         if bml_reduction not in ("all", "pairs"):
-            raise ConfigError(f"bml_reduction={bml_reduction!r} is not known; use 'all' (published) or 'pairs'")
+            raise ConfigError(
+                f"bml_reduction={bml_reduction!r} is not known; use 'all' (published) or 'pairs'"
+            )
         if init not in ("greedy_chain", "kmeans++"):
-            raise ConfigError(f"init={init!r} is not known; use 'greedy_chain' (published) or 'kmeans++'")
+            raise ConfigError(
+                f"init={init!r} is not known; use 'greedy_chain' (published) or 'kmeans++'"
+            )
         self.n_clusters = n_clusters
         self.kmeans_lr = float(kmeans_lr)
         self.kmeans_start_cosine = float(kmeans_start_cosine)
@@ -184,12 +216,7 @@ class ClusterNS(Objective):
         g1, g2 = self.gather(z1, z2)
         pos, neg = self.pair_stats(g1, g2)
         if not self.clusters.is_started:
-            b = g1.shape[0]
-            if self.n_clusters > b:
-                raise ConfigError(
-                    f"n_clusters={self.n_clusters} exceeds the global batch size {b}: ClusterNS "
-                    "initialises its centroids from one batch; lower n_clusters or raise the batch size"
-                )
+            self.clusters.check_batch(g1.shape[0])
             loss = self._plain_loss(g1, g2)
             with torch.no_grad():
                 mean_cos = cosine_matrix(g1.detach(), g2.detach()).mean()
@@ -197,23 +224,40 @@ class ClusterNS(Objective):
                 dist.broadcast_(start, src=0)
             if bool(start.item()):
                 self.clusters.initialize(g1.detach(), g2.detach())
-                logger.info("ClusterNS: clustering starts (mean cosine %.4f <= %.4f)",
-                            float(mean_cos), self.kmeans_start_cosine)
+                logger.info(
+                    "ClusterNS: clustering starts (mean cosine %.4f <= %.4f)",
+                    float(mean_cos),
+                    self.kmeans_start_cosine,
+                )
             vals = torch.stack([pos, neg]).tolist()
-            stats = {"pos_cos": vals[0], "neg_cos": vals[1], "n_false_neg": 0.0,
-                     "started": float(self.clusters.is_started)}
+            stats = {
+                "pos_cos": vals[0],
+                "neg_cos": vals[1],
+                "n_false_neg": 0.0,
+                "started": float(self.clusters.is_started),
+            }
             return ObjectiveOutput(loss, stats)
 
         self.clusters.update(z1.detach(), lr=self.kmeans_lr, rule=self.update_rule)
         terms = _cluster_terms(
-            g1, g2, self.clusters.centroids, loss=self.loss, temperature=self.temperature,
-            margin=self.margin, hard_negatives=self.hard_negatives, bml_weight=self.bml_weight,
-            alpha=self.alpha, beta=self.beta, bml_reduction=self.bml_reduction,
+            g1,
+            g2,
+            self.clusters.centroids,
+            loss=self.loss,
+            temperature=self.temperature,
+            margin=self.margin,
+            hard_negatives=self.hard_negatives,
+            bml_weight=self.bml_weight,
+            alpha=self.alpha,
+            beta=self.beta,
+            bml_reduction=self.bml_reduction,
         )
         return ObjectiveOutput(terms.loss, self._cluster_stats(g1, pos, neg, terms))
 
     @torch.no_grad()
-    def _cluster_stats(self, g1: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, t: _Terms) -> dict[str, float]:
+    def _cluster_stats(
+        self, g1: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, t: _Terms
+    ) -> dict[str, float]:
         counts = torch.bincount(t.nearest, minlength=self.n_clusters).float()
         nonempty = counts > 0
         c = self.clusters.centroids
@@ -221,21 +265,39 @@ class ClusterNS(Objective):
         hn_cos = (cosine_matrix(g1.detach(), hn).diagonal()).mean()
         bml = t.bml.detach() if t.bml is not None else torch.zeros((), device=pos.device)
         dev = pos.device
-        vals = torch.stack([
-            pos, neg, t.mask.sum().float().to(dev), counts[nonempty].min().to(dev),
-            counts.max().to(dev), (~nonempty).sum().float().to(dev), hn_cos.to(dev), bml.float().to(dev),
-        ]).tolist()
-        keys = ["pos_cos", "neg_cos", "n_false_neg", "cluster_size_min", "cluster_size_max",
-                "clusters_empty", "hard_neg_cos", "bml"]
-        stats = dict(zip(keys, vals))
+        vals = torch.stack(
+            [
+                pos,
+                neg,
+                t.mask.sum().float().to(dev),
+                counts[nonempty].min().to(dev),
+                counts.max().to(dev),
+                (~nonempty).sum().float().to(dev),
+                hn_cos.to(dev),
+                bml.float().to(dev),
+            ]
+        ).tolist()
+        keys = [
+            "pos_cos",
+            "neg_cos",
+            "n_false_neg",
+            "cluster_size_min",
+            "cluster_size_max",
+            "clusters_empty",
+            "hard_neg_cos",
+            "bml",
+        ]
+        stats = dict(zip(keys, vals, strict=True))
         stats["started"] = 1.0
         return stats
 
     def extra_repr(self) -> str:
-        return (f"loss={self.loss}, temperature={self.temperature}, n_clusters={self.n_clusters}, "
-                f"kmeans_lr={self.kmeans_lr}, kmeans_start_cosine={self.kmeans_start_cosine}, "
-                f"hard_negatives={self.hard_negatives}, bml_weight={self.bml_weight}, "
-                f"update_rule={self.update_rule}, bml_reduction={self.bml_reduction}")
+        return (
+            f"loss={self.loss}, temperature={self.temperature}, n_clusters={self.n_clusters}, "
+            f"kmeans_lr={self.kmeans_lr}, kmeans_start_cosine={self.kmeans_start_cosine}, "
+            f"hard_negatives={self.hard_negatives}, bml_weight={self.bml_weight}, "
+            f"update_rule={self.update_rule}, bml_reduction={self.bml_reduction}"
+        )
 
 
 class ClusterNSFocal(ClusterNS):
@@ -247,6 +309,8 @@ class ClusterNSFocal(ClusterNS):
 
     def __init__(self, temperature: float = 0.05, **kwargs: object) -> None:
         if kwargs.get("loss", "focal") != "focal":
-            raise ConfigError("ClusterNSFocal always uses loss='focal'; use ClusterNS for 'infonce'")
+            raise ConfigError(
+                "ClusterNSFocal always uses loss='focal'; use ClusterNS for 'infonce'"
+            )
         kwargs["loss"] = "focal"
         super().__init__(temperature, **kwargs)  # type: ignore[arg-type]

@@ -20,7 +20,9 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 
 def _allowed(cls: type[Objective]) -> list[str]:
-    params = inspect.signature(ClusterNS.__init__ if cls is ClusterNSFocal else cls.__init__).parameters
+    params = inspect.signature(
+        ClusterNS.__init__ if cls is ClusterNSFocal else cls.__init__
+    ).parameters
     names = [p for p in params if p not in ("self", "args", "kwargs")]
     return [n for n in names if not (cls is ClusterNSFocal and n == "loss")]
 
@@ -38,6 +40,7 @@ def build_objective(name: str, **hparams: Any) -> Objective:
     unknown = sorted(set(hparams) - set(allowed))
     if unknown:
         raise ConfigError(
-            f"option(s) {', '.join(unknown)} do not apply to objective {key!r}; allowed: {', '.join(allowed)}"
+            f"option(s) {', '.join(unknown)} do not apply to objective {key!r}; "
+            f"allowed: {', '.join(allowed)}"
         )
     return cls(**hparams)
