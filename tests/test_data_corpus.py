@@ -224,3 +224,34 @@ def test_real_corpus_indexes_quickly(wiki_corpus: Path) -> None:
     with open(wiki_corpus, encoding="utf-8") as f:
         lines = {line.strip() for line in f}
     assert len(first) == 64 and set(first) <= lines
+
+
+def test_random_lines_against_brute_force(tmp_path: Path) -> None:
+    """Random lines around the byte cap, multi-byte characters, odd whitespace: the streamed
+    reader (``list``), the random-access reader (``batches``) and a whole-line oracle agree."""
+    rng = random.Random(0)
+    max_chars = 16
+    alphabet = ["a", "b", " ", "\t", "\r", "é", "€", "𝄞", "\u2028"]
+    lines = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90))) for _ in range(400)]
+    path = tmp_path / "r.txt"
+    path.write_bytes("\n".join(lines).encode("utf-8"))  # no trailing newline
+    expected = []
+    for line in lines:
+        full = line.strip()
+        if not full:
+            continue
+        if len(line.encode("utf-8")) <= 4 * max_chars:  # within the byte cap: exact rule
+            expected.append(full[:max_chars].rstrip())
+        else:  # over the cap: a prefix of the same rule, never longer than max_chars
+            expected.append(None)
+    c = SentenceCorpus(path, max_chars=max_chars)
+    got = list(c)
+    assert len(got) == len(expected)
+    stripped = [line.strip() for line in lines if line.strip()]
+    for g, e, full in zip(got, expected, stripped):
+        if e is not None:
+            assert g == e
+        else:
+            assert full.startswith(g) and len(g) <= max_chars
+    assert flatten(c.batches(1, seed=0, shuffle=False)) == got
+    assert sorted(flatten(c.batches(1, seed=9))) == sorted(got)
