@@ -2,10 +2,10 @@
 
 A corpus is read as bytes and split on ``b"\\n"`` only (so Unicode line separators such as
 U+2028 inside a sentence do not split it). Each line is read with a byte cap: at most
-``4 * max_chars + 1`` bytes of a line are ever held in memory, the remainder of an over-long line is
-skipped in 64 KiB chunks without being decoded or checked, and the stripped text is cut to
-``max_chars`` characters (leading whitespace counts against the byte cap). A pathological 10 MB single line therefore costs one bounded read, not
-10 MB of decoding or tokenising.
+``4 * max_chars + 1`` bytes of a line are held in memory, the remainder of an over-long line
+is skipped in 64 KiB chunks without being decoded or checked, and the stripped text is cut to
+``max_chars`` characters (leading whitespace counts against the byte cap). A pathological
+10 MB single line therefore costs one bounded read, not 10 MB of decoding or tokenising.
 
 Validation of the kept prefix: a NUL byte or invalid UTF-8 makes the line *bad*; the caller
 decides whether that is an error or a counted skip.
