@@ -85,7 +85,9 @@ class ClusterState(nn.Module):
         self.centroids = c
         self.started = torch.tensor(True, device=c.device)
         self._started = True
-        logger.info("clustering started: %d centroids initialised (%s)", self.n_clusters, self.init)
+        logger.debug(
+            "clustering started: %d centroids initialised (%s)", self.n_clusters, self.init
+        )
 
     @torch.no_grad()
     def update(self, z_local: torch.Tensor, *, lr: float, rule: UpdateRule = "sum") -> None:

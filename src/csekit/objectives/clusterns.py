@@ -224,11 +224,16 @@ class ClusterNS(Objective):
                 dist.broadcast_(start, src=0)
             if bool(start.item()):
                 self.clusters.initialize(g1.detach(), g2.detach())
-                logger.info(
-                    "ClusterNS: clustering starts (mean cosine %.4f <= %.4f)",
-                    float(mean_cos),
-                    self.kmeans_start_cosine,
-                )
+                if dist.is_main_process():
+                    logger.info(
+                        "ClusterNS: clustering starts, %d centroids (%s) from a batch of %d "
+                        "(mean cosine %.4f <= %.4f)",
+                        self.n_clusters,
+                        self.clusters.init,
+                        g1.shape[0],
+                        float(mean_cos),
+                        self.kmeans_start_cosine,
+                    )
             vals = torch.stack([pos, neg]).tolist()
             stats = {
                 "pos_cos": vals[0],
