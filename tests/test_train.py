@@ -1,0 +1,177 @@
+"""End-to-end training on a tiny BERT (CPU, fp32): loss goes down, resume is exact, NaN handling.
+
+Oracles: an uninterrupted run is the reference for an interrupted + resumed one (losses, model
+tensors and centroids must match); the loss of a trained model must fall below its start.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from csekit.errors import CsekitError, TrainingError
+from csekit.training import TrainConfig, Trainer
+
+WORDS = ("the of and to in is was for on that with as by at from his her an it are were this "
+         "be which or has had first also new one two after city state team film school river "
+         "music war world year time people group house early album song game series season "
+         "church north south party club station village player family born known became used "
+         "released including called national county county league district museum").split()
+
+
+def make_corpus(path: Path, n: int = 400, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) for _ in range(n)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    return make_corpus(tmp_path / "corpus.txt")
+
+
+def config(tiny: Path, corpus: Path, out: Path, **kw: object) -> TrainConfig:
+    base = dict(model=str(tiny), train_file=str(corpus), output_dir=str(out), batch_size=16,
+                learning_rate=5e-4, max_steps=8, eval_steps=100, logging_steps=1,
+                progress=False, pooler="avg", mlp="none", seed=7)
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def test_loss_decreases(tiny_bert_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_bert_dir, corpus, tmp_path / "run", max_steps=20, batch_size=32,
+                 learning_rate=1e-3, pooler="avg", mlp="none")
+    res = Trainer(cfg).train()
+    assert len(res.losses) == 20 and res.stopped == "completed"
+    first, last = sum(res.losses[:3]) / 3, sum(res.losses[-5:]) / 5
+    assert first > 1.0 and last < 0.5 * first, (first, last)
+    out = tmp_path / "run"
+    assert (out / "modules.json").exists() and (out / "csekit.json").exists()
+    assert (out / "metrics.jsonl").exists() and (out / "config.yaml").exists()
+    assert (out / "checkpoints" / "step-20" / "trainer_state.json").exists()
+
+
+def _stop_after(trainer: Trainer, step: int, signum: int) -> None:
+    """Send ``signum`` to this process while the update producing ``step`` runs."""
+    original = trainer._step
+
+    def wrapped(data):  # type: ignore[no-untyped-def]
+        out = original(data)
+        if trainer.state.step == step - 1:
+            os.kill(os.getpid(), signum)
+        return out
+
+    trainer._step = wrapped  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("objective", ["clusterns-focal"])
+def test_interrupted_resume_equals_uninterrupted(tiny_bert_dir: Path, corpus: Path,
+                                                  tmp_path: Path, objective: str) -> None:
+    kw = dict(objective=objective, n_clusters=4, kmeans_start_cosine=0.99, max_steps=8,
+              save_steps=3, grad_accum_steps=1, bml_weight=1e-3, mlp="train", pooler="cls")
+    ref = Trainer(config(tiny_bert_dir, corpus, tmp_path / "a", **kw)).train()
+    assert ref.stopped == "completed" and len(ref.losses) == 8
+
+    t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "b", **kw))
+    _stop_after(t, 5, signal.SIGTERM)
+    part = t.train()
+    assert part.stopped == "interrupted" and part.exit_code == 143 and part.steps == 5
+    assert (tmp_path / "b" / "checkpoints" / "step-5").is_dir()
+    assert part.losses == pytest.approx(ref.losses[:5], abs=1e-6)
+
+    rest = Trainer(config(tiny_bert_dir, corpus, tmp_path / "b", resume=True, **kw)).train()
+    assert rest.stopped == "completed" and rest.steps == 8
+    assert rest.losses == pytest.approx(ref.losses[5:], abs=1e-6)
+
+    a, b = tmp_path / "a" / "checkpoints" / "step-8", tmp_path / "b" / "checkpoints" / "step-8"
+    oa = torch.load(a / "objective.pt", weights_only=True)
+    ob = torch.load(b / "objective.pt", weights_only=True)
+    cents = [k for k in oa if k.endswith("centroids")]
+    assert cents and oa[cents[0]].shape == (4, 32)
+    for k in oa:
+        torch.testing.assert_close(ob[k], oa[k], rtol=0, atol=1e-6)
+    ma, mb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        torch.testing.assert_close(mb[k], ma[k], rtol=0, atol=1e-6)
+    # metrics.jsonl of the resumed run has each step once
+    import json
+
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text()
+             .splitlines() if "loss" in json.loads(x)]
+    assert steps == list(range(1, 9))
+
+
+def _nan_at(trainer: Trainer, step: int) -> None:
+    """Make the loss NaN on the objective call of update ``step`` (counting calls, once)."""
+    obj = trainer.objective
+    original = obj.forward
+    calls = [0]
+
+    def forward(z1, z2):  # type: ignore[no-untyped-def]
+        out = original(z1, z2)
+        calls[0] += 1
+        if calls[0] == step:
+            out.loss = out.loss * float("nan")
+        return out
+
+    obj.forward = forward  # type: ignore[method-assign]
+
+
+def test_nonfinite_loss_stops_and_keeps_checkpoint(tiny_bert_dir: Path, corpus: Path,
+                                                   tmp_path: Path) -> None:
+    t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "r", save_steps=2))
+    _nan_at(t, 4)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step 4.*step-2"):
+        t.train()
+    state = (tmp_path / "r" / "checkpoints" / "step-2" / "trainer_state.json")
+    assert state.exists()
+    assert not (tmp_path / "r" / "checkpoints" / "step-4").exists()
+
+
+def test_skip_nonfinite_skips_the_update(tiny_bert_dir: Path, corpus: Path,
+                                         tmp_path: Path) -> None:
+    t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "r", skip_nonfinite=True,
+                       objective="clusterns", n_clusters=4, kmeans_start_cosine=0.99))
+    model = t.accelerator.unwrap_model(t.model)
+    _nan_at(t, 1)  # the very first update is NaN: model and centroids must not move
+    original_step = t._step
+    skipped = []
+
+    def step(data):  # type: ignore[no-untyped-def]
+        m0 = {k: v.clone() for k, v in model.state_dict().items()}
+        o0 = {k: v.clone() for k, v in t.objective.state_dict().items()}
+        out = original_step(data)
+        if not out[2]:
+            skipped.append(t.state.step + 1)
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, m0[k]), k
+            o1 = t.objective.state_dict()
+            for k, v in o0.items():
+                assert torch.equal(o1[k], v), k
+            assert not t.objective.started  # the NaN step had started clustering: undone
+        return out
+
+    t._step = step  # type: ignore[method-assign]
+    res = t.train()
+    assert res.stopped == "completed" and res.steps == 8 and len(res.losses) == 8
+    assert t.state.skipped_nonfinite == 1 and skipped == [1]
+    assert t.objective.started
+    assert all(x == x for x in res.losses)  # no NaN recorded
+
+
+def test_existing_checkpoints_need_resume(tiny_bert_dir: Path, corpus: Path,
+                                          tmp_path: Path) -> None:
+    Trainer(config(tiny_bert_dir, corpus, tmp_path / "r", max_steps=2)).train()
+    with pytest.raises(CsekitError, match="--resume"):
+        Trainer(config(tiny_bert_dir, corpus, tmp_path / "r", max_steps=4))
+    res = Trainer(config(tiny_bert_dir, corpus, tmp_path / "r", max_steps=2,
+                         resume=True)).train()
+    assert res.steps == 2 and res.losses == []  # finished run: nothing to redo
