@@ -138,3 +138,24 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"csekit: {result.stopped} after {result.steps} steps; best STS-B dev {best} "
               f"(step {result.best_step}); model saved to {cfg.output_dir}", flush=True)
     return result.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m csekit.cli.train_cmd ...`` == ``csekit train ...`` (used by launchers/tests)."""
+    from csekit.cli.main import _configure_logging
+    from csekit.errors import CsekitError
+
+    parser = argparse.ArgumentParser(prog="csekit")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", *(argv if argv is not None else __import__("sys").argv[1:])])
+    _configure_logging(False, False)
+    try:
+        return run_train(args)
+    except CsekitError as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"csekit: error: {msg}", file=__import__("sys").stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -87,9 +87,15 @@ class Trainer:
             raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
         self.accelerator = Accelerator(
             mixed_precision=_MIXED[config.precision],
+            # Without a GPU, cpu=True lets Accelerate build a gloo group from torchrun's env.
+            cpu=not torch.cuda.is_available(),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         self.world = self.accelerator.num_processes
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.world:
+            raise ConfigError(f"launched as {launched} processes (WORLD_SIZE) but Accelerate "
+                              f"set up {self.world}; see docs/distributed.md")
         self.rank = self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
         config.validate(world_size=self.world)
