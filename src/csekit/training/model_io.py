@@ -141,6 +141,25 @@ def _model_entries(root: Path) -> list[str]:
     return []
 
 
+def available_test_tasks(data_dir: str | None) -> list[str]:
+    """The STS tasks whose SentEval test files exist under ``data_dir``."""
+    from csekit.evaluation import TASKS, resolve_data_dir
+    from csekit.evaluation.tasks import SICK_FILES, STS_YEARS, STSB_FILES
+
+    down = resolve_data_dir(data_dir)
+    found = []
+    for task in TASKS:
+        if task in STS_YEARS:
+            ok = any((down / "STS" / STS_YEARS[task][0]).glob("STS.input.*.txt"))
+        elif task == "STSBenchmark":
+            ok = (down / "STS" / "STSBenchmark" / STSB_FILES["test"]).is_file()
+        else:
+            ok = (down / "SICK" / SICK_FILES["test"]).is_file()
+        if ok:
+            found.append(task)
+    return found
+
+
 def final_test(trainer: "Trainer") -> dict[str, Any] | None:
     """7-task STS test of the best model at the root; table printed, ``results.json`` written."""
     from csekit.encoder import Encoder
@@ -160,7 +179,14 @@ def final_test(trainer: "Trainer") -> dict[str, Any] | None:
         with torch.no_grad():
             return best.encode(sentences, batch_size=cfg.eval_batch_size, device=device)
 
-    res = evaluate_sts(encode, cfg.data_dir, tasks=TASKS, split="test")
+    tasks = available_test_tasks(cfg.data_dir)
+    if not tasks:
+        logger.warning("no STS test files under %s: final test skipped", cfg.data_dir)
+        return None
+    if len(tasks) < len(TASKS):
+        logger.warning("STS test files missing for %s: evaluating %s only",
+                       ", ".join(t for t in TASKS if t not in tasks), ", ".join(tasks))
+    res = evaluate_sts(encode, cfg.data_dir, tasks=tasks, split="test")
     table = res.table()
     print(f"\nSTS test (Spearman x 100) of the best model, {root}:\n{table}", flush=True)
     test = res.to_dict()

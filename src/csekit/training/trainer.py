@@ -111,7 +111,9 @@ class Trainer:
         if not train.is_file():
             raise DataError(f"training corpus {train} not found (--train-file)")
         if cfg.data_dir is not None:
-            stsb = Path(cfg.data_dir) / "downstream" / "STS" / "STSBenchmark" / "sts-dev.csv"
+            from csekit.evaluation import resolve_data_dir
+
+            stsb = resolve_data_dir(cfg.data_dir) / "STS" / "STSBenchmark" / "sts-dev.csv"
             if not stsb.is_file():
                 raise DataError(f"--data-dir {cfg.data_dir}: no SentEval STS-B dev file at {stsb}; "
                                 f"point it at the folder that contains downstream/")
