@@ -130,16 +130,17 @@ class Trainer:
         from csekit.objectives import build_objective
 
         cfg = self.config
-        self.encoder = Encoder.from_pretrained(cfg.model, pooler=cfg.pooler, mlp=cfg.mlp,
-                                               dropout=cfg.dropout,
-                                               trust_remote_code=cfg.trust_remote_code)
-        self.objective = build_objective(cfg.objective, **cfg.objective_hparams())
-        self.objective.to(self.accelerator.device)
+        # Cheap checks first: a bad corpus or option fails before a model is loaded.
         self.corpus = SentenceCorpus(cfg.train_file, dedup=cfg.dedup, on_bad_line=cfg.on_bad_line)
         self.batches_per_epoch = self._count_batches()
         if self.batches_per_epoch < 1:
             raise DataError(f"corpus {cfg.train_file} has fewer sentences than one global batch "
                             f"of {cfg.batch_size}; lower --batch-size or add sentences")
+        self.objective = build_objective(cfg.objective, **cfg.objective_hparams())
+        self.encoder = Encoder.from_pretrained(cfg.model, pooler=cfg.pooler, mlp=cfg.mlp,
+                                               dropout=cfg.dropout,
+                                               trust_remote_code=cfg.trust_remote_code)
+        self.objective.to(self.accelerator.device)
         if cfg.max_steps is not None:
             self.total_steps = cfg.max_steps
         else:

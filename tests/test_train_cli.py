@@ -1,0 +1,129 @@
+"""`csekit train` on the command line: flags override the recipe; bad input -> exit 2, one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from csekit.cli.main import main
+from csekit.errors import ConfigError
+from csekit.training import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import make_corpus  # noqa: E402
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    rc = main(["train", *argv])
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def test_flags_override_config_and_train(tiny_bert_dir: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = make_corpus(tmp_path / "c.txt", n=100)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {tiny_bert_dir}\ntrain_file: {corpus}\nbatch_size: 8\n"
+                      f"learning_rate: 1.0e-4\nmax_steps: 50\nobjective: focal\nmargin: 0.2\n"
+                      f"pooler: avg\nmlp: none\nprogress: false\n")
+    out = tmp_path / "out"
+    rc = main(["train", "--config", str(recipe), "--max-steps", "3", "--learning-rate", "2e-4",
+               "--output-dir", str(out), "--no-final-test"])
+    assert rc == 0
+    cfg = TrainConfig.from_yaml(out / "config.yaml")
+    assert (cfg.max_steps, cfg.learning_rate, cfg.margin, cfg.batch_size) == (3, 2e-4, 0.2, 8)
+    assert cfg.objective == "focal"
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r][-1] == 3
+    assert "completed after 3 steps" in capsys.readouterr().out
+
+
+def _bad_cases(tmp: Path, tiny: Path) -> list[tuple[str, list[str], str]]:
+    good = make_corpus(tmp / "good.txt", n=64)
+    empty = tmp / "empty.txt"
+    empty.write_text("")
+    blank = tmp / "blank.txt"
+    blank.write_text("\n  \n\n")
+    small = make_corpus(tmp / "small.txt", n=5)
+    badutf = tmp / "bad.txt"
+    badutf.write_bytes(b"fine line\nbad \xff\xfe line\n")
+    nul = tmp / "nul.txt"
+    nul.write_bytes(b"one\nt\x00wo\n")
+    yaml_bad = tmp / "bad.yaml"
+    yaml_bad.write_text("model: [unclosed\n")
+    yaml_unknown = tmp / "unknown.yaml"
+    yaml_unknown.write_text("learning_rat: 1e-5\n")
+    yaml_type = tmp / "type.yaml"
+    yaml_type.write_text("batch_size: lots\n")
+    no_weights = tmp / "noweights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((tiny / "config.json").read_text())
+    nosts = tmp / "nosts"
+    nosts.mkdir()
+    ckout = tmp / "ckout"
+    (ckout / "checkpoints" / "step-2").mkdir(parents=True)
+    (ckout / "checkpoints" / "step-2" / "trainer_state.json").write_text("{}")
+    m, t = ["--model", str(tiny)], ["--train-file", str(good)]
+    o = ["--output-dir", str(tmp / "o")]
+    return [
+        ("missing train file", m + ["--train-file", str(tmp / "nope.txt")] + o, "nope.txt"),
+        ("no train file", m + o, "--train-file"),
+        ("empty corpus", m + ["--train-file", str(empty)] + o, "empty.txt"),
+        ("blank corpus", m + ["--train-file", str(blank)] + o, "blank.txt"),
+        ("smaller than a batch", m + ["--train-file", str(small)] + o, "batch"),
+        ("invalid utf-8", m + ["--train-file", str(badutf)] + o, "bad.txt:2"),
+        ("NUL byte", m + ["--train-file", str(nul)] + o, "nul.txt:2"),
+        ("n_clusters > batch", m + t + o + ["--objective", "clusterns", "--batch-size", "32"],
+         "n_clusters 128"),
+        ("warm-up twice", m + t + o + ["--warmup-steps", "5", "--warmup-ratio", "0.1"],
+         "warmup"),
+        ("patience without data", m + t + o + ["--patience", "3"], "--data-dir"),
+        ("fp16 on CPU", m + t + o + ["--precision", "fp16"], "fp16"),
+        ("batch 1", m + t + o + ["--batch-size", "1"], "batch_size"),
+        ("zero lr", m + t + o + ["--learning-rate", "0"], "learning_rate"),
+        ("negative temperature", m + t + o + ["--temperature", "-1"], "temperature"),
+        ("dropout 1", m + t + o + ["--dropout", "1.0"], "dropout"),
+        ("kmeans_lr 0", m + t + o + ["--objective", "clusterns", "--n-clusters", "4",
+                                     "--kmeans-lr", "0"], "kmeans_lr"),
+        ("focal margin 1", m + t + o + ["--objective", "focal", "--margin", "1.5"], "margin"),
+        ("bad yaml", ["--config", str(yaml_bad)], "bad.yaml line"),
+        ("unknown yaml key", ["--config", str(yaml_unknown)], "learning_rat"),
+        ("wrong yaml type", ["--config", str(yaml_type)], "batch_size"),
+        ("missing config", ["--config", str(tmp / "none.yaml")], "none.yaml"),
+        ("model folder without weights", ["--model", str(no_weights)] + t + o, "noweights"),
+        ("hub id while offline", ["--model", "bert-base-uncased"] + t + o, "bert-base-uncased"),
+        ("model folder missing", ["--model", str(tmp / "nomodel")] + t + o, "nomodel"),
+        ("data dir without STS", m + t + o + ["--data-dir", str(nosts)], "nosts"),
+        ("checkpoints without resume", m + t + ["--output-dir", str(ckout)], "--resume"),
+    ]
+
+
+def test_bad_input_matrix_exit_2_one_line(tiny_bert_dir: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    failures = []
+    for name, argv, needle in _bad_cases(tmp_path, tiny_bert_dir):
+        rc, err = run_cli(argv, capsys)
+        lines = [x for x in err.splitlines() if x.strip()]
+        ok = (rc == 2 and len(lines) == 1 and lines[0].startswith("csekit: error:")
+              and needle in lines[0] and "Traceback" not in err)
+        if not ok:
+            failures.append(f"{name}: rc={rc} err={err[-300:]!r}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("argv", [["--objective", "nope"], ["--precision", "fp8"],
+                                  ["--batch-size", "x"]])
+def test_argparse_rejects_bad_values(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *argv])
+    assert exc.value.code == 2
+
+
+def test_batch_not_divisible_by_processes() -> None:
+    cfg = TrainConfig(train_file="x", batch_size=64)
+    cfg.validate(world_size=4)
+    with pytest.raises(ConfigError, match="not divisible by the 3 processes"):
+        cfg.validate(world_size=3)
