@@ -8,10 +8,11 @@ gives the same embeddings as ``encode``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,23 @@ def library_versions() -> dict[str, str]:
     except ImportError:
         pass
     return out
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No weight-loading progress bar / load report (csekit logs what matters itself)."""
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def _first_line(err: BaseException) -> str:
@@ -210,7 +228,7 @@ class Encoder(nn.Module):
         """
         versions = library_versions()
         backbone = self.backbone
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path) as tmp, _quiet_transformers():
             backbone.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             head_state: dict[str, torch.Tensor] | None = None
@@ -296,9 +314,10 @@ class Encoder(nn.Module):
                 if isinstance(getattr(config, key, None), float):
                     setattr(config, key, float(dropout))
         try:
-            backbone, info = AutoModel.from_pretrained(
-                tdir, config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
-                local_files_only=True, output_loading_info=True)
+            with _quiet_transformers():
+                backbone, info = AutoModel.from_pretrained(
+                    tdir, config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
+                    local_files_only=True, output_loading_info=True)
             tokenizer = AutoTokenizer.from_pretrained(tdir, trust_remote_code=trust_remote_code,
                                                       local_files_only=True)
         except ValueError as err:
