@@ -268,3 +268,20 @@ def test_cli_encode(enc_factory, tiny_bert_dir: Path, tmp_path: Path) -> None:
     bad.write_bytes(b"ok\n\xff\xfe bad\n")
     assert main(["encode", str(tiny_bert_dir), "--input", str(bad), "--output", str(out)]) == 2
 
+
+
+def test_cpu_fastpath_is_exact_and_temporary(enc_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from csekit.modeling.cpu_fastpath import fastpath_available
+
+    enc = enc_factory(pooler="avg", mlp="train")
+    monkeypatch.setenv("CSEKIT_CPU_FASTPATH", "0")
+    plain = enc.encode(SENTS)
+    monkeypatch.setenv("CSEKIT_CPU_FASTPATH", "1")
+    fast = enc.encode(SENTS)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+    if not fastpath_available():
+        pytest.skip("oneDNN fused linear not available in this torch build")
+    for mod in enc.modules():  # the patch is gone after encode()
+        assert "forward" not in mod.__dict__
+        act = getattr(mod, "intermediate_act_fn", None)
+        assert act is None or type(act).__name__ == "GELUActivation"
