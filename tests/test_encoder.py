@@ -285,3 +285,35 @@ def test_cpu_fastpath_is_exact_and_temporary(enc_factory, monkeypatch: pytest.Mo
         assert "forward" not in mod.__dict__
         act = getattr(mod, "intermediate_act_fn", None)
         assert act is None or type(act).__name__ == "GELUActivation"
+
+
+def test_any_automodel_encoder_distilbert(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """A backbone without a pooler and without token type ids (DistilBERT)."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    cfg = DistilBertConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2,
+                           hidden_dim=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    src = tmp_path / "distil"
+    DistilBertModel(cfg).save_pretrained(src)
+    tok.save_pretrained(src)
+    enc = Encoder.from_pretrained(src)
+    assert enc.pooler == "cls_before_pooler"
+    with pytest.raises(ConfigError, match="has none"):
+        Encoder.from_pretrained(src, pooler="cls", mlp="none")
+    train = Encoder.from_pretrained(src, pooler="cls", mlp="train")
+    train.train()
+    assert train(**train.tokenize(SENTS[:2])).shape == (2, 32)
+    avg = Encoder.from_pretrained(src, pooler="avg_top2")
+    got = avg.encode(SENTS)
+    for i, s in enumerate(SENTS):
+        batch = tok([s], return_tensors="pt", return_token_type_ids=False)
+        with torch.no_grad():
+            hs = avg.backbone(**batch, output_hidden_states=True).hidden_states
+        torch.testing.assert_close(got[i], ((hs[-2][0] + hs[-1][0]) / 2).mean(0),
+                                   atol=2e-5, rtol=1e-4)
+    avg.save(tmp_path / "saved")
+    st = _st_model(tmp_path / "saved")
+    torch.testing.assert_close(st.encode(SENTS, convert_to_tensor=True).cpu(), got,
+                               atol=2e-5, rtol=1e-4)

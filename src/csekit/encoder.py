@@ -9,6 +9,7 @@ gives the same embeddings as ``encode``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -126,6 +127,12 @@ class Encoder(nn.Module):
         if pooler in HIDDEN_STATE_POOLERS and int(backbone.config.num_hidden_layers) < 2:
             raise ConfigError(f"pooler {pooler!r} needs a backbone with at least 2 layers")
         self.max_seq_len = int(max_seq_len) if max_seq_len else self._model_max_len()
+        try:
+            params = inspect.signature(backbone.forward).parameters
+            self._takes_token_types = "token_type_ids" in params or any(
+                p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        except (TypeError, ValueError):  # pragma: no cover - exotic forward
+            self._takes_token_types = True
 
     # ------------------------------------------------------------------ properties
     @property
@@ -179,7 +186,7 @@ class Encoder(nn.Module):
         """
         need_hidden = self.pooler in HIDDEN_STATE_POOLERS
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
+        if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
         out = self.backbone(**kwargs, output_hidden_states=need_hidden, return_dict=True)
         if self.pooler == "cls" and self.head is None:

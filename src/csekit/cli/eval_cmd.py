@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return enc.encode(sentences, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                           device=device, precision=args.precision, show_progress=True)
 
-    pooler = enc.eval_pooler + ("+mlp" if enc.mlp == "always" else "")
+    pooler = enc.eval_pooler + ("+mlp" if enc.mlp == "always" and enc.pooler != "cls" else "")
     res = evaluate_sts(encode, args.data_dir, tasks=tasks, split=args.split,
                        align_uniform=args.align_uniform, model=args.model, pooler=pooler)
     print(f"STS {args.split} (Spearman x 100), {args.model}, pooler {pooler}:")
