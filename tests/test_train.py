@@ -175,3 +175,17 @@ def test_existing_checkpoints_need_resume(tiny_bert_dir: Path, corpus: Path,
     res = Trainer(config(tiny_bert_dir, corpus, tmp_path / "r", max_steps=2,
                          resume=True)).train()
     assert res.steps == 2 and res.losses == []  # finished run: nothing to redo
+
+
+def test_bf16_autocast_on_cpu_keeps_fp32_state(tiny_bert_dir: Path, corpus: Path,
+                                                tmp_path: Path) -> None:
+    t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "r", max_steps=3, precision="bf16",
+                       objective="clusterns", n_clusters=4, kmeans_start_cosine=1.0))
+    assert t.accelerator.mixed_precision == "bf16"
+    res = t.train()
+    assert res.steps == 3 and all(torch.isfinite(torch.tensor(res.losses)))
+    ck = tmp_path / "r" / "checkpoints" / "step-3"
+    assert all(v.dtype == torch.float32 for v in load_file(str(ck / "model.safetensors")).values())
+    obj = torch.load(ck / "objective.pt", weights_only=True)
+    cents = [v for k, v in obj.items() if k.endswith("centroids")]
+    assert cents and cents[0].dtype == torch.float32 and cents[0].shape == (4, 32)

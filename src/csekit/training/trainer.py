@@ -85,12 +85,23 @@ class Trainer:
         self.config = config
         if config.precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
-        self.accelerator = Accelerator(
+        kwargs = dict(
             mixed_precision=_MIXED[config.precision],
             # Without a GPU, cpu=True lets Accelerate build a gloo group from torchrun's env.
             cpu=not torch.cuda.is_available(),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
+        try:
+            self.accelerator = Accelerator(**kwargs)
+        except ValueError:
+            # A second Trainer in the same single process with another precision (notebooks,
+            # tests): Accelerate's state is a process-wide singleton; reset it and retry.
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+            self.accelerator = Accelerator(**kwargs)
         self.world = self.accelerator.num_processes
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.world:
