@@ -4,6 +4,7 @@ MLP semantics, fast encode, atomic save, sentence-transformers round trip, loadi
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -317,3 +318,44 @@ def test_any_automodel_encoder_distilbert(tiny_bert_dir: Path, tmp_path: Path) -
     st = _st_model(tmp_path / "saved")
     torch.testing.assert_close(st.encode(SENTS, convert_to_tensor=True).cpu(), got,
                                atol=2e-5, rtol=1e-4)
+
+
+def test_sigkill_during_save_keeps_previous_model(enc_factory, tiny_bert_dir: Path,
+                                                  tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    enc = enc_factory(pooler="avg", mlp="none")
+    dest = tmp_path / "best"
+    enc.save(dest, metadata={"round": 1})
+    ready = tmp_path / "ready"
+    script = f"""
+import time, pathlib
+import csekit.encoder as m
+real = m.write_st_modules
+def slow(*a, **k):
+    real(*a, **k)
+    pathlib.Path({str(ready)!r}).touch()
+    time.sleep(120)
+m.write_st_modules = slow
+e = m.Encoder.from_pretrained({str(tiny_bert_dir)!r}, pooler="avg", mlp="none")
+e.save({str(dest)!r}, metadata={{"round": 2}})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, "the saving process died early"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)  # in the middle of the save
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads((dest / "csekit.json").read_text())["round"] == 1
+    torch.testing.assert_close(Encoder.from_pretrained(dest).encode(SENTS), enc.encode(SENTS))
+    assert any(p.name.startswith(".best.tmp-") for p in tmp_path.iterdir())  # the killed writer's
+    enc.save(dest, metadata={"round": 3})  # the next save cleans it up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "ready"]

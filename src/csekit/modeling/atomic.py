@@ -80,6 +80,28 @@ def replace_dir(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(dst: Path) -> None:
+    """Delete ``.<name>.tmp-<pid>-*`` folders left by a killed writer (its pid is gone)."""
+    for tmp in dst.parent.glob(f".{dst.name}.tmp-*"):
+        try:
+            pid = int(tmp.name[len(f".{dst.name}.tmp-"):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            logger.info("removing %s left by an interrupted save", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory; on success it atomically becomes ``path``.
@@ -92,6 +114,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         from csekit.errors import ConfigError
 
         raise ConfigError(f"cannot save to {dst}: it exists and is not a directory")
+    remove_stale_temps(dst)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
