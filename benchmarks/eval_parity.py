@@ -19,7 +19,6 @@ Writes benchmarks/results/eval_parity.json and .md. All numbers must agree to +-
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -52,8 +51,8 @@ ORDER = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelat
 # ----------------------------------------------------------------- reference implementation
 def ref_read_sts_subset(folder: Path, name: str) -> tuple[list, list, list]:
     pairs = [line.split("\t") for line in
-             io.open(folder / f"STS.input.{name}.txt", encoding="utf8").read().splitlines()]
-    raw = np.array(io.open(folder / f"STS.gs.{name}.txt", encoding="utf8").read().splitlines())
+             (folder / f"STS.input.{name}.txt").read_text(encoding="utf8").splitlines()]
+    raw = np.array((folder / f"STS.gs.{name}.txt").read_text(encoding="utf8").splitlines())
     keep = raw != ""
     gold = [float(x) for x in raw[keep]]
     s1 = [p[0].split() for p, k in zip(pairs, keep) if k]
@@ -64,7 +63,7 @@ def ref_read_sts_subset(folder: Path, name: str) -> tuple[list, list, list]:
 
 def ref_read_pairs_file(path: Path, cols: tuple[int, int, int], header: bool) -> tuple[list, list, list]:
     s1, s2, gold = [], [], []
-    with io.open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8") as f:
         for i, line in enumerate(f):
             if header and i == 0:
                 continue

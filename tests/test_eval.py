@@ -127,7 +127,7 @@ def test_alignment_uniformity_brute_force(senteval_dir: Path) -> None:
     au = res.align_uniform
     rows = [ln.split("\t") for ln in (senteval_dir / "downstream/STS/STSBenchmark/sts-test.csv")
             .read_text("utf-8").splitlines()]
-    norm = lambda s: " ".join(s.split())  # noqa: E731
+    norm = lambda s: " ".join(s.split())
     pos = [(norm(r[5]), norm(r[6])) for r in rows if float(r[4]) > 4]
     uniq = list(dict.fromkeys([norm(r[5]) for r in rows] + [norm(r[6]) for r in rows]))
 

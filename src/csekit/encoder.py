@@ -14,7 +14,6 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -48,7 +48,7 @@ def read_lines(path: Path) -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    lines = [ln.removesuffix("\r") for ln in lines]
     if not lines:
         raise DataError(f"--input {path} is empty")
     return lines

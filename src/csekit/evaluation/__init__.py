@@ -5,5 +5,16 @@ from csekit.evaluation.metrics import alignment, pair_cosine, spearman, uniformi
 from csekit.evaluation.sts import StsResult, evaluate_sts
 from csekit.evaluation.tasks import DEV_TASKS, TASKS
 
-__all__ = ["TASKS", "DEV_TASKS", "StsPairs", "StsResult", "evaluate_sts", "load_task",
-           "resolve_data_dir", "alignment", "uniformity", "pair_cosine", "spearman"]
+__all__ = [
+           "DEV_TASKS",
+           "TASKS",
+           "StsPairs",
+           "StsResult",
+           "alignment",
+           "evaluate_sts",
+           "load_task",
+           "pair_cosine",
+           "resolve_data_dir",
+           "spearman",
+           "uniformity",
+]

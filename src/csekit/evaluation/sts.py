@@ -57,7 +57,7 @@ class StsResult:
         values = [f"{v:.2f}" for v in self.spearman.values()] + [f"{self.avg:.2f}"]
         widths = [max(len(n), len(v)) for n, v in zip(names, values)]
         sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-        row = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+        row = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"
         lines = [sep, row(names), sep, row(values), sep]
         if self.align_uniform is not None:
             au = self.align_uniform
