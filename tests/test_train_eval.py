@@ -38,16 +38,17 @@ def test_eval_during_training_best_model_and_st_load(tiny_bert_dir: Path, tmp_pa
     cfg = TrainConfig.from_dict(dict(
         model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out), data_dir=str(data),
         batch_size=16, learning_rate=1e-3, max_steps=9, eval_steps=3, logging_steps=3,
-        pooler="cls", mlp="train", progress=False, save_total_limit=2, tensorboard=True))
+        pooler="cls", mlp="train", progress=False, save_total_limit=2, tensorboard=True,
+        eval_at_start=True))
     res = Trainer(cfg).train()
     assert res.stopped == "completed"
 
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/stsb_dev_spearman" in r]
-    assert [r["step"] for r in evals] == [3, 6, 9]
+    assert [r["step"] for r in evals] == [0, 3, 6, 9]
     scores = [r["eval/stsb_dev_spearman"] for r in evals]
     assert all(-100 <= s <= 100 for s in scores)
-    assert res.best_score == max(scores) and res.best_step == 3 * (scores.index(max(scores)) + 1)
+    assert res.best_score == max(scores) and res.best_step == 3 * scores.index(max(scores))
     assert (out / "tensorboard").is_dir() and any((out / "tensorboard").iterdir())
 
     # keep last K checkpoints, no temp folders left

@@ -68,6 +68,7 @@ HELP: dict[str, str] = {
     "eval_steps": "evaluate STS-B dev every N steps (published: 125)",
     "eval_batch_size": "batch size of evaluation encoding",
     "patience": "early stopping after N evaluations without improvement (ClusterNS: 3)",
+    "eval_at_start": "also evaluate the untrained model at step 0 (it competes for the best model)",
     "final_test": "7-task STS test of the best model at the end",
     "logging_steps": "write metrics every N steps",
     "tensorboard": "also write TensorBoard logs to OUTPUT_DIR/tensorboard",

@@ -90,6 +90,7 @@ class TrainConfig:
     eval_steps: int = 125
     eval_batch_size: int = 128
     patience: int | None = None  # evaluations without improvement before stopping; None: off
+    eval_at_start: bool = False  # also evaluate the initial model (step 0); it competes for best
     final_test: bool = True  # 7-task STS test of the best model at the end
     # --- logging and checkpoints
     logging_steps: int = 10

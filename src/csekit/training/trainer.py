@@ -298,6 +298,9 @@ class Trainer:
         window: list[float] = []
         last_stats: dict[str, float] = {}
         save_every = cfg.save_steps or cfg.eval_steps
+        if cfg.data_dir is not None and cfg.eval_at_start and self.state.step == 0 \
+                and not self.state.history:
+            self._evaluate(metrics)
         while self.state.step < self.total_steps:
             loss_value, stats, ok = self._step(data)
             if loss_value is None:  # data exhausted
