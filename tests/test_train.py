@@ -189,3 +189,19 @@ def test_bf16_autocast_on_cpu_keeps_fp32_state(tiny_bert_dir: Path, corpus: Path
     obj = torch.load(ck / "objective.pt", weights_only=True)
     cents = [v for k, v in obj.items() if k.endswith("centroids")]
     assert cents and cents[0].dtype == torch.float32 and cents[0].shape == (4, 32)
+
+
+def test_grad_accumulation_consumes_k_batches_per_update(tiny_bert_dir: Path, corpus: Path,
+                                                         tmp_path: Path) -> None:
+    """K=2: each update reads two global batches (each its own negatives); the recorded loss
+    is their mean, and the first update's loss equals the mean of the first two batch losses
+    of a K=1 run (same data order, same initial weights; lr 1e-9 so that the K=1 run's first
+    update does not change its second loss beyond 1e-6)."""
+    k1 = Trainer(config(tiny_bert_dir, corpus, tmp_path / "k1", max_steps=2, dropout=0.0,
+                        learning_rate=1e-9)).train()
+    t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "k2", max_steps=2, grad_accum_steps=2,
+                       dropout=0.0, learning_rate=1e-9))
+    k2 = t.train()
+    assert k2.steps == 2 and t.state.batches_in_epoch == 4
+    assert t.state.sentences_seen == 4 * 16
+    assert k2.losses[0] == pytest.approx((k1.losses[0] + k1.losses[1]) / 2, abs=1e-6)
