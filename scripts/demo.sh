@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The main job, offline on a CPU: set-up, STS of the raw model, training with recipes/demo.yaml
+# (raw MLM-only bert-mini on part of the local Wikipedia corpus, model selection on STS-B dev),
+# then the 7-task STS table of the trained model. Needs ../shared (data and model).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+shared="${CSEKIT_SHARED:-../shared}"
+out="${1:-runs/demo}"
+cfg="${CSEKIT_DEMO_RECIPE:-recipes/demo.yaml}"
+# Mean pooling at evaluation, as the demo recipe trains.
+pooler="$(.venv/bin/python -c "import yaml,sys; print(yaml.safe_load(open('$cfg')).get('pooler','avg'))")"
+echo "== STS of the untrained model ($pooler pooling) =="
+.venv/bin/csekit eval "$shared/models/bert-mini-wiki-mlm" --pooler "$pooler" \
+  --data-dir "$shared/data/senteval" --output "$out.before.json"
+echo "== training: $cfg =="
+.venv/bin/csekit train --config "$cfg" --output-dir "$out"
+echo "== STS of the trained model (best checkpoint on STS-B dev) =="
+.venv/bin/csekit eval "$out" --data-dir "$shared/data/senteval" --output "$out.after.json"
