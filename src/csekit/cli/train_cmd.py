@@ -93,7 +93,11 @@ def _type_of(f: dataclasses.Field) -> type:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train", help="train a sentence encoder (SimCSE, Focal-InfoNCE, ClusterNS, combined)",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Unsupervised contrastive training from a YAML recipe and/or flags; flags "
+                    "override --config. --batch-size is the GLOBAL batch: launch the same "
+                    "command with torchrun or accelerate launch for several GPUs or nodes "
+                    "(docs/distributed.md). Best model at the root of --output-dir, "
+                    "checkpoints in --output-dir/checkpoints, --resume continues exactly.")
     p.add_argument("--config", metavar="FILE.yaml", help="a recipe (YAML); flags override it")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
@@ -113,8 +117,6 @@ def register(subparsers: Any) -> None:
                        choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES else
                        f.name.upper(), help=f"{help_text} (default {shown})")
     p.set_defaults(func=run_train)
-    # ArgumentDefaultsHelpFormatter would print "None" for every flag: defaults are in the text.
-    p.formatter_class = argparse.HelpFormatter
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
