@@ -124,6 +124,11 @@ def untrained(model: Path, pooler: str, data_dir: Path) -> dict[str, Any]:
             "align_uniform": res.align_uniform}
 
 
+def eval_pooler(pooler: str, mlp: str) -> str:
+    """The pooling used at test time: SimCSE's [CLS] + train-only MLP tests on the raw [CLS]."""
+    return "cls_before_pooler" if pooler == "cls" and mlp == "train" else pooler
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
@@ -253,12 +258,13 @@ def main() -> int:
     study: dict[str, Any] = {"settings": vars(args), "models": {}}
     for name in args.models.split(","):
         model = paths[name]
-        block: dict[str, Any] = {"path": str(model), "pooler": args.pooler, "runs": []}
+        block: dict[str, Any] = {"path": str(model), "runs": [],
+                                 "pooler": eval_pooler(args.pooler, args.mlp)}
         weights = model / "model.safetensors"
         if weights.exists():
             block["model_sha256"] = sha256_file(weights)
         print(f"[{name}] untrained", flush=True)
-        block["untrained"] = untrained(model, args.pooler, data_dir)
+        block["untrained"] = untrained(model, eval_pooler(args.pooler, args.mlp), data_dir)
         for obj in args.objectives.split(","):
             for seed in seeds:
                 out = Path(args.work_dir) / name / f"{obj}-seed{seed}"

@@ -9,8 +9,12 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 shared="${CSEKIT_SHARED:-../shared}"
 out="${1:-runs/demo}"
 cfg="${CSEKIT_DEMO_RECIPE:-recipes/demo.yaml}"
-# Mean pooling at evaluation, as the demo recipe trains.
-pooler="$(.venv/bin/python -c "import yaml,sys; print(yaml.safe_load(open('$cfg')).get('pooler','avg'))")"
+# The raw model is evaluated with the pooling the trained model is tested with ([CLS] before the
+# MLP for SimCSE's cls + train-only MLP).
+pooler="$(.venv/bin/python -c "
+import yaml; c = yaml.safe_load(open('$cfg'))
+p, m = c.get('pooler', 'cls'), c.get('mlp', 'train')
+print('cls_before_pooler' if p == 'cls' and m == 'train' else p)")"
 echo "== STS of the untrained model ($pooler pooling) =="
 .venv/bin/csekit eval "$shared/models/bert-mini-wiki-mlm" --pooler "$pooler" \
   --data-dir "$shared/data/senteval" --output "$out.before.json"
