@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     train_file = sample_corpus(corpus, batch * (a.warmup + steps), a.seed, work / "sample.txt")
     shape = _model_shape(model)
     info = machine_info()
-    peak = _peak_for(info["gpu"], a.peak_tflops) if cuda else None
+    peak = _peak_for(info["gpu"], a.peak_tflops) if cuda else a.peak_tflops
     spec0 = {"model": model, "train_file": str(train_file), "batch_size": batch,
              "seq_len": a.seq_len, "steps": steps, "warmup": a.warmup, "threads": threads,
              "precision": precision, "device": a.device}
