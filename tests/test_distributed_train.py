@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from csekit.training import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_corpus  # noqa: E402
+from test_train import make_corpus
 
 STEPS = 5
 OPTS = dict(objective="clusterns-focal", n_clusters=4, kmeans_start_cosine=1.0, batch_size=16,

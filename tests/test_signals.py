@@ -18,8 +18,8 @@ from csekit.training import TrainConfig, Trainer
 from csekit.training.atomic import PAUSE_ENV
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_corpus  # noqa: E402
-from test_train_eval import make_senteval  # noqa: E402
+from test_train import make_corpus
+from test_train_eval import make_senteval
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -27,7 +27,7 @@ def _env(**extra: str) -> dict[str, str]:
                 TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **extra)
 
 
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:  # noqa: ANN001
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():

@@ -13,7 +13,7 @@ from csekit.errors import ConfigError
 from csekit.training import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_corpus  # noqa: E402
+from test_train import make_corpus
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

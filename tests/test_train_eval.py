@@ -13,7 +13,7 @@ import pytest
 from csekit.training import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import WORDS, make_corpus  # noqa: E402
+from test_train import WORDS, make_corpus
 
 
 def make_senteval(root: Path, n: int = 40, seed: int = 1) -> Path:

@@ -3,4 +3,4 @@
 from csekit.training.config import TrainConfig
 from csekit.training.trainer import Trainer, TrainResult
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer"]

@@ -52,7 +52,7 @@ class TrainerState:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainerState":
+    def from_dict(cls, data: dict[str, Any]) -> TrainerState:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -99,7 +99,7 @@ def rotate_checkpoints(output_dir: Path, keep: int) -> None:
 def _load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - turned into one line for the user
+    except Exception as err:
         raise TrainingError(f"cannot read checkpoint file {path}: {type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else ''}") from err
 
@@ -111,7 +111,7 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     path = Path(path)
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise TrainingError(f"cannot read {path / 'model.safetensors'}: {err}") from err
     if missing or unexpected:
         raise TrainingError(f"checkpoint {path} does not match the model "

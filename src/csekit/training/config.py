@@ -103,7 +103,7 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -115,7 +115,7 @@ class TrainConfig:
         return cfg
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} not found")
@@ -131,7 +131,7 @@ class TrainConfig:
             raise ConfigError(f"config file {p}: expected a mapping of option: value")
         return cls.from_dict({k.replace("-", "_"): v for k, v in data.items()}, source=str(p))
 
-    def override(self, **values: Any) -> "TrainConfig":
+    def override(self, **values: Any) -> TrainConfig:
         """A copy with the given (non-None) values replaced, e.g. from CLI flags."""
         data = dataclasses.asdict(self)
         for key, value in values.items():

@@ -45,7 +45,7 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _encode_fn(trainer: "Trainer"):  # noqa: ANN202
+def _encode_fn(trainer: Trainer):
     enc = trainer.accelerator.unwrap_model(trainer.model)
     enc.eval()
     bs = trainer.config.eval_batch_size
@@ -58,7 +58,7 @@ def _encode_fn(trainer: "Trainer"):  # noqa: ANN202
     return encode
 
 
-def evaluate_dev(trainer: "Trainer") -> float:
+def evaluate_dev(trainer: Trainer) -> float:
     """STS-B dev Spearman x 100 of the current model (evaluation pooler)."""
     from csekit.evaluation import evaluate_sts
 
@@ -68,7 +68,7 @@ def evaluate_dev(trainer: "Trainer") -> float:
     return float(res.spearman["STSBenchmark"])
 
 
-def _metadata(trainer: "Trainer", score: float | None,
+def _metadata(trainer: Trainer, score: float | None,
               test: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = trainer.config
     st = trainer.state
@@ -83,7 +83,7 @@ def _metadata(trainer: "Trainer", score: float | None,
     }
 
 
-def save_best(trainer: "Trainer", *, score: float | None) -> None:
+def save_best(trainer: Trainer, *, score: float | None) -> None:
     """Save the current model as the best one at the root of ``output_dir`` (main process)."""
     enc = trainer.accelerator.unwrap_model(trainer.model)
     root = trainer.output_dir
@@ -160,7 +160,7 @@ def available_test_tasks(data_dir: str | None) -> list[str]:
     return found
 
 
-def final_test(trainer: "Trainer") -> dict[str, Any] | None:
+def final_test(trainer: Trainer) -> dict[str, Any] | None:
     """7-task STS test of the best model at the root; table printed, ``results.json`` written."""
     from csekit.encoder import Encoder
     from csekit.evaluation import TASKS, evaluate_sts

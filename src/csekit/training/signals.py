@@ -43,7 +43,7 @@ class StopSignal:
             logger.warning("received %s again: still saving, please wait",
                            signal.Signals(signum).name)
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in HANDLED:
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -64,7 +64,7 @@ class TrainResult:
     test: dict[str, Any] | None = None
 
 
-def linear_schedule(warmup: int, total: int):  # noqa: ANN201 - a plain lambda factory
+def linear_schedule(warmup: int, total: int):
     """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
 
     def factor(step: int) -> float:
@@ -442,4 +442,4 @@ class Trainer:
         self.model.train()
 
 
-__all__ = ["Trainer", "TrainResult", "linear_schedule"]
+__all__ = ["TrainResult", "Trainer", "linear_schedule"]
