@@ -168,8 +168,11 @@ class Trainer:
             {"params": [p for n, p in named if any(k in n for k in no_decay)],
              "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        adam = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        try:  # fused kernels (CPU since torch 2.4, CUDA): several times faster than the loop
+            optimizer = torch.optim.AdamW(groups, fused=True, **adam)
+        except (RuntimeError, TypeError, ValueError):
+            optimizer = torch.optim.AdamW(groups, foreach=True, **adam)
         self.model, self.optimizer = self.accelerator.prepare(self.encoder, optimizer)
         # Not prepared: Accelerate would step it once per process; it steps once per update here.
         self.scheduler = LambdaLR(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
