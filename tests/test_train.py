@@ -6,6 +6,7 @@ tensors and centroids must match); the loss of a trained model must fall below i
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -99,8 +100,6 @@ def test_interrupted_resume_equals_uninterrupted(tiny_bert_dir: Path, corpus: Pa
     for k in ma:
         torch.testing.assert_close(mb[k], ma[k], rtol=0, atol=1e-6)
     # metrics.jsonl of the resumed run has each step once
-    import json
-
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text()
              .splitlines() if "loss" in json.loads(x)]
     assert steps == list(range(1, 9))
@@ -202,3 +201,15 @@ def test_grad_accumulation_consumes_k_batches_per_update(tiny_bert_dir: Path, co
     assert k2.steps == 2 and t.state.batches_in_epoch == 4
     assert t.state.sentences_seen == 4 * 16
     assert k2.losses[0] == pytest.approx((k1.losses[0] + k1.losses[1]) / 2, abs=1e-6)
+
+
+def test_sigint_checkpoints_and_exits_130(tiny_bert_dir: Path, corpus: Path,
+                                          tmp_path: Path) -> None:
+    t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "r", max_steps=6, save_steps=100))
+    _stop_after(t, 2, signal.SIGINT)
+    res = t.train()
+    assert (res.stopped, res.exit_code, res.steps) == ("interrupted", 130, 2)
+    state = json.loads((tmp_path / "r" / "checkpoints" / "step-2" / "trainer_state.json")
+                       .read_text())
+    assert state["step"] == 2 and state["batches_in_epoch"] == 2 and not state["finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
