@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from csekit.atomic import PAUSE_ENV
 from csekit.training import TrainConfig, Trainer
-from csekit.training.atomic import PAUSE_ENV
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_corpus
@@ -105,7 +105,7 @@ def test_sigkill_mid_save_keeps_previous_checkpoint_and_best(tiny_bert_dir: Path
     ckroot = out / "checkpoints"
 
     def paused() -> bool:
-        return ckroot.is_dir() and any(p.name.startswith(".tmp-step-4")
+        return ckroot.is_dir() and any(p.name.startswith(".step-4.tmp-")
                                        and (p / "optimizer.pt").exists()
                                        for p in ckroot.iterdir())
 

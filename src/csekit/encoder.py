@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from csekit.atomic import atomic_dir
 from csekit.errors import ConfigError, ModelLoadError
-from csekit.modeling.atomic import atomic_dir
 from csekit.modeling.pooling import HIDDEN_STATE_POOLERS, MLP_MODES, POOLERS, MLPHead, pool_tokens
 from csekit.modeling.resolve import check_transformer_dir, resolve_model_dir
 from csekit.modeling.st_format import read_st_modules, write_st_modules

@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from csekit.atomic import fsync_dir
 from csekit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def fetch(url: str, target: str | os.PathLike[str], *, sha256: str | None = None
         raise DownloadError(f"checksum mismatch for {url}: expected sha256 {expected}, got "
                             f"{digest} ({size} bytes); the partial file was removed, run again")
     os.replace(part, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     logger.info("%s -> %s (%d bytes, sha256 %s)", url, target, size, digest)
     return digest
 
@@ -191,16 +192,3 @@ def _copy(resp: http.client.HTTPResponse, part: Path, mode: str, have: int, tota
     if total is not None and written != total:
         raise DownloadError(f"download of {url} interrupted after {written} of {total} bytes; "
                             "run again to resume")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from csekit.atomic import atomic_dir, maybe_pause_mid_save, remove_stale_temps
 from csekit.errors import TrainingError
-from csekit.training.atomic import atomic_dir, clean_stale_tmp, maybe_pause_mid_save
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
 
 def rotate_checkpoints(output_dir: Path, keep: int) -> None:
     """Keep the ``keep`` most recent checkpoints; remove older ones and stale temp folders."""
-    clean_stale_tmp(Path(output_dir) / "checkpoints")
+    remove_stale_temps(Path(output_dir) / "checkpoints")
     ckpts = list_checkpoints(output_dir)
     for old in ckpts[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from csekit.training.atomic import atomic_write_text, fsync_dir
+from csekit.atomic import atomic_write_text, fsync_dir
 
 if TYPE_CHECKING:
     from csekit.training.trainer import Trainer

@@ -1,10 +1,13 @@
-"""Atomic replacement of a whole directory.
+"""Atomic writes: whole directories (models, checkpoints) and small text files.
 
 The new content is written into a temporary sibling directory, every file is fsync'ed, and the
 directory is then swapped into place. On Linux the swap is ``renameat2(RENAME_EXCHANGE)``, a
 single atomic step: at every instant ``path`` is either the complete old folder or the complete
 new one. Elsewhere, the old folder is first renamed aside and then the new one renamed in (a
 crash between the two renames leaves the old folder intact at ``.<name>.old-*``).
+
+Temporary folders are named ``.<name>.tmp-<pid>-<random>``; those of a writer that was killed
+(its pid is gone) are removed by the next save into the same parent folder.
 """
 
 from __future__ import annotations
@@ -16,11 +19,17 @@ import logging
 import os
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+# Test hook: "SECONDS" or "SECONDS@STEP": sleep in the middle of a checkpoint save (after the
+# model and optimiser files are written; only for the checkpoint of STEP when given), so that a
+# test can SIGKILL the process mid-save. Never set it in real runs.
+PAUSE_ENV = "CSEKIT_TEST_PAUSE_MID_SAVE"
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -90,16 +99,42 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(dst: Path) -> None:
-    """Delete ``.<name>.tmp-<pid>-*`` folders left by a killed writer (its pid is gone)."""
-    for tmp in dst.parent.glob(f".{dst.name}.tmp-*"):
+def remove_stale_temps(parent: Path, name: str | None = None) -> None:
+    """Delete ``.<name>.tmp-<pid>-*`` folders under ``parent`` left by a killed writer (its pid
+    is gone); every name when ``name`` is None."""
+    if not parent.is_dir():
+        return
+    for tmp in parent.glob(f".{name if name is not None else '*'}.tmp-*"):
         try:
-            pid = int(tmp.name[len(f".{dst.name}.tmp-"):].split("-", 1)[0])
-        except ValueError:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
+        except (IndexError, ValueError):
             continue
         if pid != os.getpid() and not _pid_alive(pid):
             logger.info("removing %s left by an interrupted save", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def maybe_pause_mid_save(step: int | None = None) -> None:
+    """The mid-save pause of :data:`PAUSE_ENV` (tests only)."""
+    value = os.environ.get(PAUSE_ENV)
+    if not value:
+        return
+    seconds, _, at = value.partition("@")
+    if not at or (step is not None and int(at) == step):
+        logger.warning("%s set: pausing %s s in the middle of a save", PAUSE_ENV, seconds)
+        time.sleep(float(seconds))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -114,7 +149,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         from csekit.errors import ConfigError
 
         raise ConfigError(f"cannot save to {dst}: it exists and is not a directory")
-    remove_stale_temps(dst)
+    remove_stale_temps(dst.parent, dst.name)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
