@@ -46,7 +46,6 @@ Run ``python benchmarks/train_throughput.py --help``.
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import json
 import os
@@ -64,9 +63,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks._common import machine_info, shared_root, write_results
 
-CONFIGS = ("st-mnrl", "simcse", "simcse+fused-adamw", "focal", "clusterns", "clusterns-focal")
-# "simcse+fused-adamw" is NOT the library's current path: the same Trainer with torch's fused
-# AdamW patched in (what the peer's HF Trainer uses by default), to measure a proposed fix.
+CONFIGS = ("st-mnrl", "simcse", "focal", "clusterns", "clusterns-focal")
 LEARNING_RATE = 3e-5
 # Dense bf16 peak (no sparsity) by card name, TFLOP/s.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
@@ -151,7 +148,7 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
 
     total = spec["warmup"] + spec["steps"]
     batch = spec["batch_size"]
-    objective_name, _, variant = spec["config"].partition("+")
+    objective_name = spec["config"]
     extra: dict[str, Any] = {}
     if objective_name in ("clusterns", "clusterns-focal"):
         extra = {"n_clusters": min(128, batch), "kmeans_start_cosine": 1.0}
@@ -161,13 +158,7 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
                       precision=spec["precision"], learning_rate=LEARNING_RATE, max_steps=total,
                       save_steps=10 * total + 1000, logging_steps=10, progress=False,
                       final_test=False, seed=spec.get("seed", 42), **extra)
-    adamw = torch.optim.AdamW
-    if variant == "fused-adamw":
-        torch.optim.AdamW = functools.partial(adamw, fused=True)  # type: ignore[misc]
-    try:
-        trainer = Trainer(cfg)
-    finally:
-        torch.optim.AdamW = adamw  # type: ignore[misc]
+    trainer = Trainer(cfg)
     clock = _Clock(spec["device"], total)
     step, local_inputs = trainer._step, trainer._local_inputs
 
@@ -406,9 +397,6 @@ def markdown(payload: dict[str, Any]) -> str:
          + (f"; {t['csekit_vs_peer_fastest_steps']:.2f}x on the fastest step of each side"
             if "csekit_vs_peer_fastest_steps" in t else "") + "."),
     ]
-    if "csekit_fused_adamw_vs_peer" in t:
-        lines.append(f"- the same with fused AdamW patched in (proposed fix, not the current "
-                     f"code): {t['csekit_fused_adamw_vs_peer']:.2f}x the peer.")
     if "clusterns_step_overhead" in t:
         lines.append(
         f"- ClusterNS overhead, its objective's extra cost (timed in isolation) over a SimCSE "
@@ -425,9 +413,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "from the first step (`kmeans_start_cosine` 1.0, `n_clusters` = min(128, batch)). "
         "Peak RSS is the process maximum (model, optimiser, activations). Objective fwd+bwd: the "
         "objective alone on fixed embeddings, median of 30. Spread: p25-p75 of the pooled "
-        "timed steps. `simcse+fused-adamw` is not the library's current code: the same Trainer "
-        "with `torch.optim.AdamW(..., fused=True)` patched in, as the peer's HF Trainer uses by "
-        "default."),
+        "timed steps. Both sides use torch's fused AdamW."),
     ]
     if payload.get("command"):
         lines += ["", f"Command: `python benchmarks/{payload['command']}`"]
@@ -545,11 +531,6 @@ def main(argv: list[str] | None = None) -> int:
     best = simcse["sentences_per_s_best"] / summary["st-mnrl"]["sentences_per_s_best"]
     targets: dict[str, Any] = {"csekit_vs_peer": ratio, "csekit_vs_peer_met": ratio >= 1.2,
                                "csekit_vs_peer_fastest_steps": best}
-    if "simcse+fused-adamw" in summary:
-        targets["csekit_fused_adamw_vs_peer"] = (summary["simcse+fused-adamw"]["sentences_per_s"]
-                                                 / summary["st-mnrl"]["sentences_per_s"])
-        print(f"csekit SimCSE with fused AdamW (proposed fix) / peer: "
-              f"{targets['csekit_fused_adamw_vs_peer']:.2f}x")
     if "clusterns" in summary:
         cl = summary["clusterns"]
         step_over = cl["step_s_median"] / simcse["step_s_median"] - 1

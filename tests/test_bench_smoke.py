@@ -7,7 +7,6 @@ that ClusterNS really clusters during the timed steps, and the FLOPs formula on 
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -45,7 +44,7 @@ def _spec(model: Path, sample: Path, config: str, tmp: Path) -> dict:
             "config": config, "workdir": str(tmp)}
 
 
-@pytest.mark.parametrize("config", ["simcse", "simcse+fused-adamw", "clusterns-focal"])
+@pytest.mark.parametrize("config", ["simcse", "clusterns-focal"])
 def test_csekit_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp_path: Path,
                                           config: str) -> None:
     out = _bench().run_csekit(_spec(tiny_bert_dir, sample, config, tmp_path))
@@ -53,10 +52,7 @@ def test_csekit_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp
     assert len(out["pad_lens"]) == 3 and all(2 <= n <= 16 for n in out["pad_lens"])
     assert out["clustering_started"] is True
     assert out["objective_ms"] > 0 and out["peak_rss_mb"] >= 1
-    assert out["fused_adamw"] is (config == "simcse+fused-adamw")
-    import torch
-
-    assert not isinstance(torch.optim.AdamW, functools.partial)  # the patch is undone
+    assert out["fused_adamw"] is True  # the Trainer's own optimiser, as the peer's
 
 
 def test_st_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp_path: Path) -> None:
