@@ -2,6 +2,8 @@
 # The main job, offline on a CPU: set-up, STS of the raw model, training with recipes/demo.yaml
 # (raw MLM-only bert-mini on part of the local Wikipedia corpus, model selection on STS-B dev),
 # then the 7-task STS table of the trained model. Needs ../shared (data and model).
+# Usage: bash scripts/demo.sh [OUTPUT_DIR]   (default runs/demo; an interrupted run there is
+# resumed, a finished one is left as it is: delete the folder to train again)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -18,7 +20,9 @@ print('cls_before_pooler' if p == 'cls' and m == 'train' else p)")"
 echo "== STS of the untrained model ($pooler pooling) =="
 .venv/bin/csekit eval "$shared/models/bert-mini-wiki-mlm" --pooler "$pooler" \
   --data-dir "$shared/data/senteval" --output "$out.before.json"
-echo "== training: $cfg =="
-.venv/bin/csekit train --config "$cfg" --output-dir "$out"
-echo "== STS of the trained model (best checkpoint on STS-B dev) =="
-.venv/bin/csekit eval "$out" --data-dir "$shared/data/senteval" --output "$out.after.json"
+echo "== training: $cfg (ends with the STS test of the best checkpoint on STS-B dev) =="
+# The trained model's table is printed by `csekit train` and written to $out/results.json;
+# `csekit eval $out` or SentenceTransformer("$out") load the saved model.
+resume=()
+[ -d "$out/checkpoints" ] && resume=(--resume)
+.venv/bin/csekit train --config "$cfg" --output-dir "$out" "${resume[@]}"
