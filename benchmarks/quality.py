@@ -247,6 +247,8 @@ def main() -> int:
     ap.add_argument("--bml-weight", type=float, default=1e-4)
     ap.add_argument("--work-dir", default="runs/quality")
     ap.add_argument("--name", default="quality", help="results file stem")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="train nothing: summarise the runs already finished under --work-dir")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -269,6 +271,8 @@ def main() -> int:
             for seed in seeds:
                 out = Path(args.work_dir) / name / f"{obj}-seed{seed}"
                 cfg = run_config(args, model, obj, seed, out)
+                if args.cached_only and not (out / "study.json").exists():
+                    continue
                 rec = train_one(cfg)
                 print(f"[{name}] {obj} seed {seed}: avg {rec['avg']:.2f} "
                       f"best dev {rec['best_dev']:.2f} @ {rec['best_step']} "
