@@ -37,6 +37,8 @@ from benchmarks._common import RESULTS_DIR, sha256_file, shared_root, write_resu
 TASKS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness"]
 SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R"}
 OBJECTIVES = ["simcse", "focal", "clusterns", "clusterns-focal"]
+COLORS = {"untrained": "grey", "simcse": "tab:blue", "focal": "tab:orange",
+          "clusterns": "tab:green", "clusterns-focal": "tab:red"}
 
 
 def model_paths() -> dict[str, Path]:
@@ -180,7 +182,8 @@ def plots(study: dict[str, Any], prefix: Path) -> list[str]:
             steps = sorted({s for r in runs for s, _ in r["dev_curve"]})
             means = [statistics.fmean([v for r in runs for s2, v in r["dev_curve"] if s2 == s])
                      for s in steps]
-            ax.plot([0] + steps, [block["untrained"]["dev"]] + means, marker="o", label=obj)
+            ax.plot([0] + steps, [block["untrained"]["dev"]] + means, marker="o", label=obj,
+                    color=COLORS.get(obj))
         ax.axhline(block["untrained"]["dev"], color="grey", ls=":", lw=1, label="untrained")
         ax.set_xlabel("training step")
         ax.set_ylabel("STS-B dev Spearman x100")
@@ -199,7 +202,7 @@ def plots(study: dict[str, Any], prefix: Path) -> list[str]:
         for k, (label, s) in enumerate(rows):
             xs = [i + k * width for i in range(len(TASKS))]
             ax.bar(xs, [s[t][0] for t in TASKS], width, yerr=[s[t][1] for t in TASKS],
-                   label=label, capsize=2)
+                   label=label, capsize=2, color=COLORS.get(label))
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(TASKS))])
         ax.set_xticklabels([SHORT.get(t, t) for t in TASKS])
         ax.set_ylabel("Spearman x100 (test)")
@@ -217,7 +220,8 @@ def plots(study: dict[str, Any], prefix: Path) -> list[str]:
                    label="untrained")
         for obj, runs in runs_by_obj.items():
             ax.scatter([r["align_uniform"]["uniformity"] for r in runs],
-                       [r["align_uniform"]["alignment"] for r in runs], label=obj)
+                       [r["align_uniform"]["alignment"] for r in runs], label=obj,
+                       color=COLORS.get(obj))
         ax.set_xlabel("l_uniform (lower is more uniform)")
         ax.set_ylabel("l_align (lower is better aligned)")
         ax.set_title(f"{name}: alignment vs uniformity (STS-B test)")
