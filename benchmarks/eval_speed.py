@@ -162,8 +162,8 @@ def main() -> int:
     v = info["versions"]
     md = [f"# STS evaluation speed ({time.strftime('%Y-%m-%d')})", "",
           f"Machine: {info['cpu']}, {info['cpu_count']} cores, torch threads {thr['threads']}; "
-          f"load average {load_before[0]:.1f} before, {info['load_avg_after'][0]:.1f} after "
-          "(the machine is shared: other jobs ran during the measurement).",
+          f"load average {load_before[0]:.1f} before, {info['load_avg_after'][0]:.1f} after"
+          + (" (other jobs ran during the measurement)." if load_before[0] > 1.5 else "."),
           f"Versions: {', '.join(f'{k} {val}' for k, val in v.items())}.", "",
           f"Model all-MiniLM-L6-v2 (`{Path(args.model).name}`), fp32, CPU, pooler avg.", ""]
     if e2e:
