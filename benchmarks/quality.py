@@ -165,6 +165,17 @@ def markdown(study: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _save(fig: Any, prefix: Path, suffix: str) -> str:
+    """Write ``<prefix>_<suffix>.png`` next to the results files; returns its file name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = prefix.with_name(f"{prefix.name}_{suffix}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def plots(study: dict[str, Any], prefix: Path) -> list[str]:
     import matplotlib
 
@@ -189,11 +200,7 @@ def plots(study: dict[str, Any], prefix: Path) -> list[str]:
         ax.set_ylabel("STS-B dev Spearman x100")
         ax.set_title(f"{name}: STS-B dev during training (mean of seeds)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        p = prefix.with_name(f"{prefix.name}_{name}_dev_curves.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p.name)
+        written.append(_save(fig, prefix, f"{name}_dev_curves"))
         # 2. per-task bars
         fig, ax = plt.subplots(figsize=(9, 4))
         rows = [("untrained", {t: (block["untrained"]["test"][t], 0.0) for t in TASKS})]
@@ -208,11 +215,7 @@ def plots(study: dict[str, Any], prefix: Path) -> list[str]:
         ax.set_ylabel("Spearman x100 (test)")
         ax.set_title(f"{name}: STS test per task (mean ± std over seeds)")
         ax.legend(fontsize=8, ncol=3)
-        fig.tight_layout()
-        p = prefix.with_name(f"{prefix.name}_{name}_tasks.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p.name)
+        written.append(_save(fig, prefix, f"{name}_tasks"))
         # 3. alignment / uniformity
         fig, ax = plt.subplots(figsize=(5, 4))
         au = block["untrained"]["align_uniform"]
@@ -226,11 +229,7 @@ def plots(study: dict[str, Any], prefix: Path) -> list[str]:
         ax.set_ylabel("l_align (lower is better aligned)")
         ax.set_title(f"{name}: alignment vs uniformity (STS-B test)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        p = prefix.with_name(f"{prefix.name}_{name}_align_uniform.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p.name)
+        written.append(_save(fig, prefix, f"{name}_align_uniform"))
     return written
 
 
