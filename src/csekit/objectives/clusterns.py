@@ -24,6 +24,7 @@ LossKind = Literal["infonce", "focal"]
 class _Terms:
     loss: torch.Tensor
     nearest: torch.Tensor  # (B,) int64
+    second: torch.Tensor  # (B,) int64, the hard-negative centroid of each row
     mask: torch.Tensor  # (B, B) bool
     hard_neg: torch.Tensor | None  # (B, d) float32
     bml: torch.Tensor | None  # scalar
@@ -56,7 +57,7 @@ def _cluster_terms(
             z1, z2, mask, alpha=alpha, beta=beta, reduction=bml_reduction
         )
         total = total + bml_weight * bml
-    return _Terms(total, nearest, mask, hn, bml)
+    return _Terms(total, nearest, second, mask, hn, bml)
 
 
 def clusterns_loss(
@@ -265,8 +266,7 @@ class ClusterNS(Objective):
     ) -> dict[str, float]:
         counts = torch.bincount(t.nearest, minlength=self.n_clusters).float()
         nonempty = counts > 0
-        c = self.clusters.centroids
-        hn = c[nearest_two(g1, c)[1]]
+        hn = self.clusters.centroids[t.second]
         hn_cos = (cosine_matrix(g1.detach(), hn).diagonal()).mean()
         bml = t.bml.detach() if t.bml is not None else torch.zeros((), device=pos.device)
         dev = pos.device
