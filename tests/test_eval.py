@@ -269,3 +269,22 @@ def test_cli_eval(tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["eval", str(tmp_path / "no-model"), "--data-dir", str(root)]) == 2
     assert main(["eval", str(tiny_bert_dir), "--data-dir", str(root), "--split", "dev",
                  "--tasks", "STS13"]) == 2
+
+
+@pytest.mark.parametrize("n,levels", [(1, 3), (2, 2), (50, 4), (1000, 7), (1000, 10**9)])
+def test_ranks_and_spearman_match_scipy(n: int, levels: int) -> None:
+    """csekit ranks with numpy (no scipy import at eval time): same numbers as scipy, ties too."""
+    from scipy.stats import rankdata
+
+    from csekit.evaluation.metrics import average_ranks, spearman
+
+    rng = np.random.default_rng(n + levels)
+    x = rng.integers(0, levels, n).astype(np.float64)  # few levels: many ties
+    y = x + rng.normal(0, 2.0, n).round(1)
+    np.testing.assert_array_equal(average_ranks(x), rankdata(x))
+    np.testing.assert_array_equal(average_ranks(y), rankdata(y))
+    if n > 2:
+        assert spearman(x, y) == pytest.approx(spearmanr(x, y)[0], abs=1e-12)
+    assert average_ranks(np.array([])).size == 0
+    assert math.isnan(spearman(np.ones(5), np.arange(5.0)))  # constant side
+    assert math.isnan(spearman(np.array([1.0, np.nan, 3.0]), np.arange(3.0)))
