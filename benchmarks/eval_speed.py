@@ -76,7 +76,8 @@ def end_to_end(model: str, data_dir: Path) -> dict:
 
 def startup_and_load(model: str) -> float:
     """Seconds for a fresh process to import csekit + transformers and load the model (no data)."""
-    code = ("import sys; from csekit.encoder import Encoder; import csekit.evaluation, csekit.cli.eval_cmd; "
+    code = ("import sys; from csekit.encoder import Encoder; "
+            "import csekit.evaluation, csekit.cli.eval_cmd; "
             "Encoder.from_pretrained(sys.argv[1], pooler='avg')")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, model], check=True, capture_output=True)
@@ -96,7 +97,8 @@ def roofline(model: str, sentences: list[str]) -> dict:
     tokenize_s = time.perf_counter() - t0
     h, ff, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     n_tok = sum(lengths)
-    linear_flops = n_tok * layers * 2 * (4 * h * h + 2 * h * ff)  # Q, K, V, O and the two FFN matrices
+    # Q, K, V, O and the two feed-forward matrices
+    linear_flops = n_tok * layers * 2 * (4 * h * h + 2 * h * ff)
     attn_flops = layers * 4 * h * sum(n * n for n in lengths)  # QK^T and AV
     peaks = []
     with torch.inference_mode():
@@ -110,7 +112,8 @@ def roofline(model: str, sentences: list[str]) -> dict:
                 best = min(best, time.perf_counter() - t)
             peaks.append(2 * 4096 * k * n / best)
     peak = max(peaks)
-    return {"n_tokens": n_tok, "linear_tflop": linear_flops / 1e12, "attention_tflop": attn_flops / 1e12,
+    return {"n_tokens": n_tok, "linear_tflop": linear_flops / 1e12,
+            "attention_tflop": attn_flops / 1e12,
             "sgemm_peak_gflops": peak / 1e9, "linear_floor_s": linear_flops / peak,
             "tokenize_s": tokenize_s}
 
@@ -194,7 +197,8 @@ def main() -> int:
     thr = throughput(args.model, sents, args.rounds, args.ablation)
     roof = roofline(args.model, sents)
     roof["csekit_encode_s"] = min(r["cse"] for r in thr["rounds"])
-    roof["csekit_gflops"] = (roof["linear_tflop"] + roof["attention_tflop"]) * 1e3 / roof["csekit_encode_s"]
+    roof["csekit_gflops"] = ((roof["linear_tflop"] + roof["attention_tflop"]) * 1e3
+                             / roof["csekit_encode_s"])
     roof["startup_and_load_s"] = None if args.no_e2e else startup_and_load(args.model)
     info["load_avg_after"] = os.getloadavg()
     result = {"machine": info, "end_to_end": e2e, "throughput": thr, "roofline": roof,

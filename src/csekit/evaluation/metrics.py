@@ -32,7 +32,8 @@ def average_ranks(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64).ravel()
     order = np.argsort(a, kind="mergesort")
     sorted_a = a[order]
-    starts = np.flatnonzero(np.r_[True, sorted_a[1:] != sorted_a[:-1]])  # first index of each tie group
+    # first index (in sorted order) of each group of tied values
+    starts = np.flatnonzero(np.r_[True, sorted_a[1:] != sorted_a[:-1]])
     bounds = np.r_[starts, a.size]
     group_rank = 0.5 * (bounds[:-1] + bounds[1:] + 1)  # mean of ranks start+1 .. end
     group_of_sorted = np.repeat(np.arange(starts.size), np.diff(bounds))

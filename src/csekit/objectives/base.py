@@ -14,10 +14,48 @@ from csekit.losses.cosine import cosine_matrix
 
 @dataclass
 class ObjectiveOutput:
-    """``loss``: scalar loss of the GLOBAL batch; ``stats``: floats worth logging."""
+    """``loss``: scalar loss of the GLOBAL batch; ``stats``: numbers worth logging.
+
+    A stat is a float or a detached 0-d tensor. Tensors stay on the device: the trainer reads
+    them together with the loss in the step's one host synchronisation (a ``.item()`` per stat
+    inside ``forward`` would stall a GPU several times a step). :meth:`stat_floats` reads them
+    all at once for anyone else.
+    """
 
     loss: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float | torch.Tensor] = field(default_factory=dict)
+
+    def stat_floats(self) -> dict[str, float]:
+        """Every stat as a Python float (one host synchronisation for all tensor stats)."""
+        return read_scalars(self.stats)
+
+
+def read_scalars(values: dict[str, float | torch.Tensor],
+                 first: torch.Tensor | None = None) -> dict[str, float]:
+    """Floats of ``values`` (floats, ints or 0-d tensors) with one ``.tolist()`` for the tensors.
+
+    ``first``, a 0-d tensor, is read in the same synchronisation and returned under the key
+    ``""`` (the trainer passes the loss).
+    """
+    out: dict[str, float] = {}
+    keys: list[str] = []
+    tensors: list[torch.Tensor] = []
+    if first is not None:
+        keys.append("")
+        tensors.append(first.detach().float().reshape(()))
+    for k, v in values.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                continue
+            keys.append(k)
+            tensors.append(v.detach().float().reshape(()))
+        elif isinstance(v, (int, float)):
+            out[k] = float(v)
+    if tensors:
+        device = tensors[0].device
+        read = torch.stack([t.to(device) for t in tensors]).tolist()
+        out.update(zip(keys, read))
+    return {k: out[k] for k in ([""] if first is not None else []) + list(values) if k in out}
 
 
 class Objective(nn.Module):
@@ -46,7 +84,10 @@ class Objective(nn.Module):
     @staticmethod
     @torch.no_grad()
     def pair_stats(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean positive cosine and mean off-diagonal (negative) cosine, as 0-d tensors."""
+        """Mean positive cosine and mean off-diagonal (negative) cosine, as 0-d tensors.
+
+        Shape: (B, d), (B, d) -> (), ().
+        """
         s = cosine_matrix(z1.detach(), z2.detach())
         b = s.shape[0]
         pos = s.diagonal().mean()

@@ -235,10 +235,9 @@ class ClusterNS(Objective):
                         float(mean_cos),
                         self.kmeans_start_cosine,
                     )
-            vals = torch.stack([pos, neg]).tolist()
-            stats = {
-                "pos_cos": vals[0],
-                "neg_cos": vals[1],
+            stats: dict[str, float | torch.Tensor] = {
+                "pos_cos": pos,
+                "neg_cos": neg,
                 "n_false_neg": 0.0,
                 "started": float(self.clusters.is_started),
             }
@@ -263,7 +262,7 @@ class ClusterNS(Objective):
     @torch.no_grad()
     def _cluster_stats(
         self, g1: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, t: _Terms
-    ) -> dict[str, float]:
+    ) -> dict[str, float | torch.Tensor]:
         counts = torch.bincount(t.nearest, minlength=self.n_clusters).float()
         nonempty = counts > 0
         hn = self.clusters.centroids[t.second]
@@ -275,13 +274,14 @@ class ClusterNS(Objective):
                 pos,
                 neg,
                 t.mask.sum().float().to(dev),
-                counts[nonempty].min().to(dev),
+                # smallest non-empty cluster, without counts[nonempty] (a host sync)
+                counts.masked_fill(~nonempty, float("inf")).min().to(dev),
                 counts.max().to(dev),
                 (~nonempty).sum().float().to(dev),
                 hn_cos.to(dev),
                 bml.float().to(dev),
             ]
-        ).tolist()
+        ).unbind()
         keys = [
             "pos_cos",
             "neg_cos",
@@ -292,7 +292,7 @@ class ClusterNS(Objective):
             "hard_neg_cos",
             "bml",
         ]
-        stats = dict(zip(keys, vals, strict=True))
+        stats: dict[str, float | torch.Tensor] = dict(zip(keys, vals, strict=True))
         stats["started"] = 1.0
         return stats
 

@@ -28,8 +28,7 @@ class FocalInfoNCE(Objective):
         g1, g2 = self.gather(z1, z2)
         loss = focal_info_nce(g1, g2, temperature=self.temperature, margin=self.margin)
         pos, neg = self.pair_stats(g1, g2)
-        vals = torch.stack([pos, neg]).tolist()
-        return ObjectiveOutput(loss, {"pos_cos": vals[0], "neg_cos": vals[1]})
+        return ObjectiveOutput(loss, {"pos_cos": pos, "neg_cos": neg})
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, margin={self.margin}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from csekit import distributed as D
 from csekit.data import SentenceCorpus, split_views, tokenize_pairs
 from csekit.errors import ConfigError, DataError, TrainingError
+from csekit.objectives.base import read_scalars
 from csekit.training.checkpoint import (
     TrainerState,
     checkpoint_dir,
@@ -383,15 +385,17 @@ class Trainer:
                 z1, z2 = split_views(z)
                 out = self.objective(z1, z2)
                 loss = out.loss
-                bad = self._any(not bool(torch.isfinite(loss.detach()).item()))
-                if bad:
-                    self._on_nonfinite(loss, z, snapshot)
-                    return 0.0, {}, False
+                # Backward is queued before the host reads anything, so a GPU is never idle
+                # waiting for Python; a non-finite loss only gives non-finite gradients, which
+                # are dropped below before any optimiser step.
                 self.accelerator.backward(loss * (self.world / cfg.grad_accum_steps))
-            losses.append(float(loss.detach().item()))
-            stats = {k: float(v) for k, v in (out.stats or {}).items()
-                     if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor)
-                                                        and v.numel() == 1)}
+            read = read_scalars(out.stats or {}, first=loss)  # the micro-step's one host sync
+            loss_value = read.pop("")
+            if self._any(not math.isfinite(loss_value)):
+                self._on_nonfinite(loss_value, snapshot)
+                return 0.0, {}, False
+            losses.append(loss_value)
+            stats = read
             self.state.sentences_seen += cfg.batch_size
         if cfg.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -401,18 +405,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return sum(losses) / len(losses), stats, True
 
-    def _on_nonfinite(self, loss: torch.Tensor, z: torch.Tensor,
-                      snapshot: dict[str, Any] | None) -> None:
+    def _on_nonfinite(self, loss: float, snapshot: dict[str, Any] | None) -> None:
         cfg = self.config
         step = self.state.step + 1
         last = list_checkpoints(self.output_dir)
         if not cfg.skip_nonfinite:
             kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint yet"
-            raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}; stopped, {kept}"
+            raise TrainingError(f"non-finite loss ({loss}) at step {step}; stopped, {kept}"
                                 f"; lower --learning-rate, use --precision fp32, or pass "
                                 f"--skip-nonfinite")
-        # Keep DDP's reducer consistent: a backward of zero, then drop every gradient.
-        self.accelerator.backward(torch.nan_to_num(z, 0.0, 0.0, 0.0).sum() * 0.0)
+        # Every process ran the same backward (DDP's reducer stays consistent); drop the
+        # non-finite gradients (of every micro-batch so far) and the objective's state update.
         self.optimizer.zero_grad(set_to_none=True)
         if snapshot is not None:
             self.objective.load_state_dict(snapshot)
