@@ -8,6 +8,11 @@ run, alternating which goes first each round. The end-to-end figure is a fresh
 loading, encoding, scoring.
 
 Usage: python benchmarks/eval_speed.py [--rounds 1] [--limit N] [--no-e2e] [--ablation]
+
+``--rounds N`` repeats both measurements N times (the end-to-end runs first). This machine's
+speed drifts by up to 2x over minutes, so every round also records a quick fp32 ``torch.mm``
+rate taken just before it. Best and median are both reported; the targets are judged on the
+median.
 Writes benchmarks/results/eval_speed.json and .md (with the CPU model, cores, load average and
 library versions). Targets: end to end < 60 s, throughput ratio >= 1.3.
 """
@@ -72,6 +77,21 @@ def end_to_end(model: str, data_dir: Path) -> dict:
         res = json.loads(out.read_text())
     return {"seconds": secs, "avg": res["avg"], "spearman": res["spearman"],
             "command": " ".join(cmd[1:])}
+
+
+def quick_gflops() -> float:
+    """fp32 matrix-product rate right now (a 2048x384 @ 384x1536 product, best of 10)."""
+    import torch
+
+    a, b = torch.randn(2048, 384), torch.randn(384, 1536)
+    best = float("inf")
+    with torch.inference_mode():
+        torch.mm(a, b)
+        for _ in range(10):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
+    return 2 * 2048 * 384 * 1536 / best / 1e9
 
 
 def startup_and_load(model: str) -> float:
@@ -149,6 +169,7 @@ def throughput(model: str, sentences: list[str], rounds: int, ablation: bool) ->
     for r in range(rounds):
         order = ["st", "cse"] if r % 2 == 0 else ["cse", "st"]
         times: dict[str, float] = {}
+        gflops_before = quick_gflops()
         for who in order:
             times[who], emb = run_st() if who == "st" else run_cse()
             if who == "st":
@@ -159,7 +180,7 @@ def throughput(model: str, sentences: list[str], rounds: int, ablation: bool) ->
             times["cse_no_fastpath"], _ = run_cse(fast=False)
         diff = (torch.nn.functional.normalize(e_cse, dim=-1) - e_st).abs().max().item()
         rows.append({**times, "ratio": times["st"] / times["cse"], "max_abs_diff": diff,
-                     "load_avg": os.getloadavg()[0]})
+                     "load_avg": os.getloadavg()[0], "mm_gflops_before": gflops_before})
         print(f"round {r}: sentence-transformers {times['st']:.1f}s  csekit {times['cse']:.1f}s  "
               f"ratio {rows[-1]['ratio']:.2f}x  (max |diff| {diff:.1e})", flush=True)
     best_st = min(r["st"] for r in rows)
@@ -188,9 +209,17 @@ def main() -> int:
     load_before = os.getloadavg()
     info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "versions": versions(),
             "load_avg_before": load_before}
-    e2e = None if args.no_e2e else end_to_end(args.model, Path(args.data_dir))
-    if e2e:
-        print(f"end to end (7 tasks, fp32, CPU): {e2e['seconds']:.1f}s  avg {e2e['avg']:.2f}", flush=True)
+    e2e = None
+    if not args.no_e2e:
+        runs = []
+        for _ in range(args.rounds):
+            gflops = quick_gflops()
+            runs.append({**end_to_end(args.model, Path(args.data_dir)), "mm_gflops_before": gflops})
+            print(f"end to end (7 tasks, fp32, CPU): {runs[-1]['seconds']:.1f}s  avg "
+                  f"{runs[-1]['avg']:.2f}  (torch.mm just before: {gflops:.0f} GFLOP/s)", flush=True)
+        secs = sorted(r["seconds"] for r in runs)
+        e2e = {**min(runs, key=lambda r: r["seconds"]), "runs": runs,
+               "median_seconds": secs[len(secs) // 2]}
     sents = unique_sentences(Path(args.data_dir))
     if args.limit:
         sents = random.Random(0).sample(sents, min(args.limit, len(sents)))
@@ -203,8 +232,9 @@ def main() -> int:
     info["load_avg_after"] = os.getloadavg()
     result = {"machine": info, "end_to_end": e2e, "throughput": thr, "roofline": roof,
               "targets": {"end_to_end_s": 60, "ratio": 1.3},
-              "met": {"end_to_end": bool(e2e and e2e["seconds"] < 60),
-                      "ratio": thr["ratio_best"] >= 1.3}}
+              # judged on the medians (the typical run), not on the luckiest one
+              "met": {"end_to_end": bool(e2e and e2e["median_seconds"] < 60),
+                      "ratio": thr["ratio_median"] >= 1.3}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
@@ -216,18 +246,24 @@ def main() -> int:
           f"Versions: {', '.join(f'{k} {val}' for k, val in v.items())}.", "",
           f"Model all-MiniLM-L6-v2 (`{Path(args.model).name}`), fp32, CPU, pooler avg.", ""]
     if e2e:
-        md += [f"- End to end, `csekit eval` (7 tasks, fresh process): **{e2e['seconds']:.1f} s** "
-               f"(target < 60 s: {'met' if result['met']['end_to_end'] else 'NOT met'}); avg STS "
-               f"{e2e['avg']:.2f}."]
+        all_s = ", ".join(f"{r['seconds']:.1f} s ({r['mm_gflops_before']:.0f})" for r in e2e["runs"])
+        met = "met" if result["met"]["end_to_end"] else "NOT met"
+        md += [f"- End to end, `csekit eval` (7 tasks, fresh process): median "
+               f"**{e2e['median_seconds']:.1f} s** (target < 60 s: {met}), best "
+               f"{e2e['seconds']:.1f} s of {len(e2e['runs'])}; avg STS {e2e['avg']:.2f}. Runs, "
+               f"with the `torch.mm` GFLOP/s measured just before each: {all_s}."]
     md += [f"- Encoding {thr['n_sentences']} unique sentences ({thr['n_tokens']} tokens): csekit "
            f"{thr['csekit_sent_per_s']:.0f} sent/s vs sentence-transformers {thr['st_sent_per_s']:.0f} "
-           f"sent/s: **{thr['ratio_best']:.2f}x** (best of {len(thr['rounds'])} round(s), median "
-           f"{thr['ratio_median']:.2f}x; target >= 1.3x: {'met' if result['met']['ratio'] else 'NOT met'}).",
-           "", "| round | sentence-transformers s | csekit s | ratio | csekit without oneDNN path s | load avg |",
-           "|---|---|---|---|---|---|"]
+           f"sent/s (best rounds): median ratio **{thr['ratio_median']:.2f}x** over "
+           f"{len(thr['rounds'])} round(s) (target >= 1.3x: "
+           f"{'met' if result['met']['ratio'] else 'NOT met'}), best-to-best {thr['ratio_best']:.2f}x.",
+           "", "| round | sentence-transformers s | csekit s | ratio | csekit without oneDNN path s "
+           "| load avg | torch.mm GFLOP/s before |",
+           "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(thr["rounds"]):
         abl = f"{r['cse_no_fastpath']:.1f}" if "cse_no_fastpath" in r else "-"
-        md.append(f"| {i} | {r['st']:.1f} | {r['cse']:.1f} | {r['ratio']:.2f} | {abl} | {r['load_avg']:.1f} |")
+        md.append(f"| {i} | {r['st']:.1f} | {r['cse']:.1f} | {r['ratio']:.2f} | {abl} "
+                  f"| {r['load_avg']:.1f} | {r['mm_gflops_before']:.0f} |")
     share = 100 * roof["csekit_gflops"] / roof["sgemm_peak_gflops"]
     md += ["", "Where the time goes, and the floor:", "",
            f"- The model's linear layers over these {roof['n_tokens']} tokens are "
