@@ -37,25 +37,12 @@ def read_scalars(values: dict[str, float | torch.Tensor],
     ``first``, a 0-d tensor, is read in the same synchronisation and returned under the key
     ``""`` (the trainer passes the loss).
     """
-    out: dict[str, float] = {}
-    keys: list[str] = []
-    tensors: list[torch.Tensor] = []
-    if first is not None:
-        keys.append("")
-        tensors.append(first.detach().float().reshape(()))
-    for k, v in values.items():
-        if isinstance(v, torch.Tensor):
-            if v.numel() != 1:
-                continue
-            keys.append(k)
-            tensors.append(v.detach().float().reshape(()))
-        elif isinstance(v, (int, float)):
-            out[k] = float(v)
-    if tensors:
-        device = tensors[0].device
-        read = torch.stack([t.to(device) for t in tensors]).tolist()
-        out.update(zip(keys, read))
-    return {k: out[k] for k in ([""] if first is not None else []) + list(values) if k in out}
+    items = ([("", first)] if first is not None else []) + list(values.items())
+    items = [(k, v) for k, v in items if isinstance(v, (int, float))
+             or (isinstance(v, torch.Tensor) and v.numel() == 1)]
+    tensors = [v.detach().float().reshape(()) for _, v in items if isinstance(v, torch.Tensor)]
+    read = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
+    return {k: next(read) if isinstance(v, torch.Tensor) else float(v) for k, v in items}
 
 
 class Objective(nn.Module):
