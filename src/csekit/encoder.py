@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ CSEKIT_META = "csekit.json"
 HEAD_FILE = "csekit_head.safetensors"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "bf16", "fp16")
+BACKENDS = ("hf", "native", "auto")
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
                  "attention_dropout", "hidden_dropout", "attention_probs_dropout")
 
@@ -87,6 +89,8 @@ class Encoder(nn.Module):
         max_seq_len: default truncation length of ``encode``.
         head: an existing MLP head (else a fresh one when ``mlp`` is not ``none``).
         normalize: whether ``encode`` L2-normalises by default.
+        backend: ``hf`` (a ``transformers`` model: trainable, savable) or ``native``
+            (:mod:`csekit.modeling.native_bert`, inference only); set by ``from_pretrained``.
     """
 
     def __init__(
@@ -100,8 +104,12 @@ class Encoder(nn.Module):
         head: MLPHead | None = None,
         normalize: bool = False,
         backbone_pooler_trained: bool = True,
+        backend: str = "hf",
     ) -> None:
         super().__init__()
+        if backend not in ("hf", "native"):
+            raise ConfigError(f"unknown backend {backend!r}; choose hf or native")
+        self.backend = backend
         if pooler not in POOLERS:
             raise ConfigError(f"unknown pooler {pooler!r}; choose one of {', '.join(POOLERS)}")
         if mlp not in MLP_MODES:
@@ -115,14 +123,14 @@ class Encoder(nn.Module):
         self.head: MLPHead | None = head if head is not None else (
             MLPHead(hidden) if mlp != "none" else None)
         if pooler == "cls" and self.head is None:
-            if getattr(backbone, "pooler", None) is None:
-                raise ConfigError(
-                    f"pooler 'cls' needs a pooler layer, and {type(backbone).__name__} has none; "
-                    "use --pooler cls_before_pooler or an MLP head")
             if not backbone_pooler_trained:
                 raise ConfigError(
                     "pooler 'cls' would use the backbone's pooler, whose weights are not in the "
                     "checkpoint (randomly initialised); use --pooler cls_before_pooler")
+            if getattr(backbone, "pooler", None) is None:
+                raise ConfigError(
+                    f"pooler 'cls' needs a pooler layer, and {type(backbone).__name__} has none; "
+                    "use --pooler cls_before_pooler or an MLP head")
         if pooler in HIDDEN_STATE_POOLERS and int(backbone.config.num_hidden_layers) < 2:
             raise ConfigError(f"pooler {pooler!r} needs a backbone with at least 2 layers")
         self.max_seq_len = int(max_seq_len) if max_seq_len else self._model_max_len()
@@ -232,6 +240,9 @@ class Encoder(nn.Module):
         ``metadata`` (training config, objective, evaluation results, ...) is stored in
         ``csekit.json`` next to the pooling description and library versions.
         """
+        if self.backend != "hf":
+            raise ConfigError("this encoder was loaded with the inference-only native backend; "
+                              "load it with backend='hf' to train or save it")
         versions = library_versions()
         backbone = self.backbone
         with atomic_dir(path) as tmp, _quiet_transformers():
@@ -281,6 +292,7 @@ class Encoder(nn.Module):
         trust_remote_code: bool = False,
         revision: str | None = None,
         local_files_only: bool | None = None,
+        backend: str = "hf",
     ) -> Encoder:
         """Load a Hugging Face folder, a csekit / sentence-transformers folder, or a hub id.
 
@@ -288,9 +300,14 @@ class Encoder(nn.Module):
         model defaults to ``cls`` (its own pooler) when the checkpoint holds trained pooler
         weights, else ``cls_before_pooler``. An explicit ``pooler="cls"`` on a model with a
         saved MLP head uses that head. Weights load only from safetensors.
-        """
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        ``backend``: ``hf`` (default) loads a ``transformers`` model, needed to train or save;
+        ``native`` loads csekit's inference-only BERT/RoBERTa forward
+        (:mod:`csekit.modeling.native_bert`, same numbers, faster start-up and encoding) and
+        fails if the model is outside it; ``auto`` uses ``native`` where it applies, else ``hf``.
+        """
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if pooler is not None and pooler not in POOLERS:
             raise ConfigError(f"unknown pooler {pooler!r}; choose one of {', '.join(POOLERS)}")
         if mlp is not None and mlp not in MLP_MODES:
@@ -306,34 +323,25 @@ class Encoder(nn.Module):
         st = read_st_modules(root) if (root / "modules.json").is_file() else None
         tdir = st.transformer_dir if st is not None else root
         check_transformer_dir(tdir, what=name)
+        if dropout is not None and not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        if backend == "native" and dropout is not None:
+            raise ConfigError("dropout only matters for training, and the native backend is "
+                              "inference-only; use backend='hf'")
 
-        try:
-            config = AutoConfig.from_pretrained(tdir, trust_remote_code=trust_remote_code,
-                                                local_files_only=True)
-        except Exception as err:
-            raise ModelLoadError(f"cannot read the config of {name}: {_first_line(err)}") from err
-        config.output_hidden_states = False
-        if dropout is not None:
-            if not 0.0 <= dropout < 1.0:
-                raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-            for key in _DROPOUT_KEYS:
-                if isinstance(getattr(config, key, None), float):
-                    setattr(config, key, float(dropout))
-        try:
-            with _quiet_transformers():
-                backbone, info = AutoModel.from_pretrained(
-                    tdir, config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
-                    local_files_only=True, output_loading_info=True)
-            tokenizer = AutoTokenizer.from_pretrained(tdir, trust_remote_code=trust_remote_code,
-                                                      local_files_only=True)
-        except ValueError as err:
-            if "trust_remote_code" in str(err):
-                raise ModelLoadError(f"{name} needs custom code; pass trust_remote_code=True "
-                                     "(--trust-remote-code) only if you trust it") from err
-            raise ModelLoadError(f"cannot load model {name}: {_first_line(err)}") from err
-        except Exception as err:
-            raise ModelLoadError(f"cannot load model {name}: {_first_line(err)}") from err
-        pooler_trained = not any(k.startswith("pooler.") for k in info.get("missing_keys", ()))
+        native = _load_native(tdir, name, strict=backend == "native") \
+            if backend != "hf" and dropout is None else None
+        if native is not None:
+            backend = "native"
+            backbone, pooler_trained, tokenizer = native
+            config: Any = backbone.config
+            if tokenizer is None:
+                tokenizer = _load_hf_tokenizer(tdir, name, trust_remote_code)
+        else:
+            backend = "hf"
+            backbone, pooler_trained = _load_hf_backbone(tdir, name, dropout, trust_remote_code)
+            config = backbone.config
+            tokenizer = _load_hf_tokenizer(tdir, name, trust_remote_code)
 
         head_state: dict[str, torch.Tensor] | None = None
         if (root / HEAD_FILE).is_file():
@@ -351,7 +359,8 @@ class Encoder(nn.Module):
             if saved_pooler is not None:
                 pooler = saved_pooler
             else:
-                has_pooler = getattr(backbone, "pooler", None) is not None
+                # (a native model without pooler weights has no pooler layer at all)
+                has_pooler = getattr(backbone, "pooler", None) is not None or not pooler_trained
                 pooler = "cls" if (has_pooler and pooler_trained) else "cls_before_pooler"
                 if pooler == "cls_before_pooler" and has_pooler:
                     logger.warning("%s has no trained pooler weights: using cls_before_pooler", name)
@@ -378,11 +387,82 @@ class Encoder(nn.Module):
         seq_len = max_seq_len or meta.get("max_seq_len") or (st.max_seq_len if st else None)
         normalize = bool(meta.get("normalize", st.normalize if st is not None else False))
         enc = cls(backbone, tokenizer, pooler=pooler, mlp=mlp, max_seq_len=seq_len, head=head,
-                  normalize=normalize, backbone_pooler_trained=pooler_trained)
+                  normalize=normalize, backbone_pooler_trained=pooler_trained, backend=backend)
         enc.metadata = meta  # type: ignore[attr-defined]
         enc.source = name  # type: ignore[attr-defined]
         enc.eval()
         return enc
 
 
-__all__ = ["Encoder", "library_versions"]
+def _load_native(tdir: Path, name: str, *, strict: bool) -> tuple[nn.Module, bool, Any] | None:
+    """The native backbone (+ its WordPiece tokenizer, or None where that does not apply).
+
+    Returns None when the model is outside the native encoder and ``strict`` is off.
+    """
+    from csekit.modeling.native_bert import NativeUnsupported, load_native_encoder
+    from csekit.modeling.native_tokenizer import WordPieceTokenizer
+
+    try:
+        backbone, pooler_trained = load_native_encoder(tdir)
+    except NativeUnsupported as err:
+        if strict:
+            raise ModelLoadError(f"{name}: the native backend does not cover this model ({err}); "
+                                 "use --backend hf") from err
+        logger.debug("%s: native backend not used (%s)", name, err)
+        return None
+    except Exception as err:  # unreadable weights etc.: transformers reports it properly
+        if strict:
+            raise ModelLoadError(f"cannot load model {name}: {_first_line(err)}") from err
+        logger.debug("%s: native backend failed (%s); using transformers", name, _first_line(err))
+        return None
+    try:
+        tokenizer: Any = WordPieceTokenizer.from_folder(tdir)
+    except NativeUnsupported as err:
+        logger.debug("%s: native tokenizer not used (%s)", name, err)
+        tokenizer = None
+    return backbone, pooler_trained, tokenizer
+
+
+def _load_hf_backbone(tdir: Path, name: str, dropout: float | None,
+                      trust_remote_code: bool) -> tuple[nn.Module, bool]:
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(tdir, trust_remote_code=trust_remote_code,
+                                            local_files_only=True)
+    except Exception as err:
+        raise ModelLoadError(f"cannot read the config of {name}: {_first_line(err)}") from err
+    config.output_hidden_states = False
+    if dropout is not None:
+        for key in _DROPOUT_KEYS:
+            if isinstance(getattr(config, key, None), float):
+                setattr(config, key, float(dropout))
+    try:
+        with _quiet_transformers():
+            backbone, info = AutoModel.from_pretrained(
+                tdir, config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
+                local_files_only=True, output_loading_info=True)
+    except Exception as err:
+        raise _load_error(name, err) from err
+    pooler_trained = not any(k.startswith("pooler.") for k in info.get("missing_keys", ()))
+    return backbone, pooler_trained
+
+
+def _load_hf_tokenizer(tdir: Path, name: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(tdir, trust_remote_code=trust_remote_code,
+                                             local_files_only=True)
+    except Exception as err:
+        raise _load_error(name, err) from err
+
+
+def _load_error(name: str, err: Exception) -> ModelLoadError:
+    if isinstance(err, ValueError) and "trust_remote_code" in str(err):
+        return ModelLoadError(f"{name} needs custom code; pass trust_remote_code=True "
+                              "(--trust-remote-code) only if you trust it")
+    return ModelLoadError(f"cannot load model {name}: {_first_line(err)}")
+
+
+__all__ = ["BACKENDS", "Encoder", "library_versions"]

@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from csekit.cli.eval_cmd import add_backend_arg
     from csekit.modeling.pooling import POOLERS
 
     p = subparsers.add_parser(
@@ -29,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     p.add_argument("--trust-remote-code", action="store_true")
+    add_backend_arg(p)
     p.set_defaults(func=run)
 
 
@@ -68,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     sentences = read_lines(Path(args.input))
     device = default_device(args.device)
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
-                                  trust_remote_code=args.trust_remote_code)
+                                  trust_remote_code=args.trust_remote_code,
+                                  backend=args.backend)
     emb = enc.encode(sentences, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                      device=device, precision=args.precision,
                      normalize=True if args.normalize else None, show_progress=True)

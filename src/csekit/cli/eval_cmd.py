@@ -39,7 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also report alignment and uniformity on STS-B (SimCSE's protocol)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow custom model code from the hub (off by default)")
+    add_backend_arg(p)
     p.set_defaults(func=run)
+
+
+def add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("auto", "native", "hf"), default="auto",
+                   help="model code: csekit's inference-only BERT/RoBERTa forward (native), "
+                        "transformers (hf), or native where it applies (auto, the default)")
 
 
 def default_device(requested: str | None) -> str:
@@ -71,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_data_dir(args.data_dir)
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
-                                  trust_remote_code=args.trust_remote_code)
+                                  trust_remote_code=args.trust_remote_code,
+                                  backend=args.backend)
     enc.to(device)
 
     def encode(sentences: list[str]):

@@ -44,6 +44,34 @@ def fastpath_available() -> bool:
     return bool(ok) and torch.backends.mkldnn.is_available()
 
 
+@functools.lru_cache(maxsize=1)
+def native_fastpath_available() -> bool:
+    """Whether the fused ops the native encoder uses (bias + exact/tanh GELU, ReLU, residual
+    add) exist here and match the plain ops."""
+    if not fastpath_available():
+        return False
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(9, 16, generator=g)
+        w = torch.randn(24, 16, generator=g)
+        b = torch.randn(24, generator=g)
+        r = torch.randn(9, 24, generator=g)
+        r_before = r.clone()
+        with torch.inference_mode():
+            ref = F.linear(x, w, b)
+            checks = [
+                (op(x, w, b, "gelu", [], "tanh"), F.gelu(ref, approximate="tanh")),
+                (op(x, w, b, "relu", [], ""), F.relu(ref)),
+                (op.binary(x, r, w, b, "add"), ref + r),
+            ]
+            # ...and the residual input is left as it was (not used as the output buffer)
+            ok = all(torch.allclose(a, e, atol=1e-4) for a, e in checks) and torch.equal(r, r_before)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return bool(ok)
+
+
 def _fused_forward(lin: nn.Linear, attr: str, algo: str, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.float32 or x.device.type != "cpu" or lin.weight.dtype != torch.float32:
         out = F.linear(x, lin.weight, lin.bias)

@@ -124,7 +124,8 @@ def encode_sentences(
     was_training = enc.training
     enc.eval()
     bar = _progress(len(unique), show_progress)
-    use_fast = (dev.type == "cpu" and precision == "fp32"
+    # (the native backend fuses its own linear layers; this patches a transformers model's)
+    use_fast = (dev.type == "cpu" and precision == "fp32" and enc.backend == "hf"
                 and os.environ.get("CSEKIT_CPU_FASTPATH", "1") != "0")
     fast = fused_cpu_linears(enc.backbone) if use_fast else contextlib.nullcontext()
     try:
