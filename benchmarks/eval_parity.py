@@ -124,7 +124,7 @@ def st_batcher(model_path: str):
 
 
 # ----------------------------------------------------------------- comparison
-def run_parity(model: str, data_dir: Path, pooler: str) -> dict:
+def run_parity(model: str, data_dir: Path, pooler: str, backend: str = "auto") -> dict:
     from csekit.encoder import Encoder
     from csekit.evaluation import evaluate_sts
 
@@ -134,13 +134,13 @@ def run_parity(model: str, data_dir: Path, pooler: str) -> dict:
     ref, ref_counts = reference_sts(batcher, downstream)
     t_ref = time.perf_counter() - t0
     t0 = time.perf_counter()
-    enc = Encoder.from_pretrained(model, pooler=pooler)
+    enc = Encoder.from_pretrained(model, pooler=pooler, backend=backend)
     res = evaluate_sts(lambda s: enc.encode(s), data_dir, model=model, pooler=pooler)
     t_cse = time.perf_counter() - t0
     ref["avg"] = float(np.mean([ref[t] for t in ORDER]))
     ours = {**res.spearman, "avg": res.avg}
     diff = {k: abs(ours[k] - ref[k]) for k in ref}
-    return {"model": model, "pooler": pooler, "reference": ref, "csekit": ours, "abs_diff": diff,
+    return {"model": model, "pooler": pooler, "backend": enc.backend, "reference": ref, "csekit": ours, "abs_diff": diff,
             "max_abs_diff": max(diff.values()), "n_pairs_reference": ref_counts,
             "n_pairs_csekit": res.n_pairs, "seconds_reference": t_ref, "seconds_csekit": t_cse}
 
@@ -153,9 +153,11 @@ def main() -> int:
     ap.add_argument("--data-dir", default=os.environ.get(
         "CSEKIT_DATA", str(HERE.parent.parent / "shared" / "data" / "senteval")))
     ap.add_argument("--pooler", default="avg")
+    ap.add_argument("--backend", default="auto", choices=("auto", "native", "hf"),
+                    help="csekit's model code (default: what `csekit eval` uses)")
     ap.add_argument("--out", default=str(HERE / "results" / "eval_parity"))
     args = ap.parse_args()
-    r = run_parity(args.model, Path(args.data_dir), args.pooler)
+    r = run_parity(args.model, Path(args.data_dir), args.pooler, args.backend)
     r["machine"] = {"python": sys.version.split()[0], "platform": platform.platform()}
     ok = r["max_abs_diff"] <= 0.01 and r["n_pairs_reference"] == r["n_pairs_csekit"]
     r["pass"] = ok
@@ -172,7 +174,8 @@ def main() -> int:
     out.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
     out.with_suffix(".md").write_text(
         f"# STS parity: csekit vs an independent SentEval re-implementation\n\n"
-        f"Model `{Path(r['model']).name}`, pooler `{r['pooler']}`. Reference: SentEval's STS "
+        f"Model `{Path(r['model']).name}`, pooler `{r['pooler']}`, csekit backend "
+        f"`{r['backend']}`. Reference: SentEval's STS "
         f"protocol re-implemented in `benchmarks/eval_parity.py` (per-subset loops, "
         f"scipy.stats.spearmanr, sentence-transformers encode). Spearman x 100.\n\n{table}\n\n"
         f"Max abs diff: {r['max_abs_diff']:.5f} ({'PASS' if ok else 'FAIL'}, tolerance 0.01). "
