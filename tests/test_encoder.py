@@ -77,6 +77,36 @@ def test_encode_token_budget_and_order(enc_factory) -> None:
     torch.testing.assert_close(normed.norm(dim=-1), torch.ones(len(SENTS)))
 
 
+@pytest.mark.parametrize("max_padding", [0.0, 0.1, 0.5, float("inf")])
+def test_plan_batches_limits(max_padding: float) -> None:
+    """Every index once, longest first; each batch within the sentence, token and padding
+    bounds; and each batch as large as the bounds allow (checked by trying one more)."""
+    import numpy as np
+
+    from csekit.modeling.fast_encode import plan_batches
+
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(3, 90, 300), [400, 1, 7, 7, 7]])
+    batches = plan_batches(lengths, 16, 512, max_padding)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert (np.diff(lengths[flat]) <= 0).all()
+
+    def fits(idx: np.ndarray) -> bool:
+        width, real = int(lengths[idx].max()), int(lengths[idx].sum())
+        return (len(idx) <= 16 and len(idx) * width <= 512
+                and len(idx) * width <= (1 + max_padding) * real)
+
+    pos = 0
+    for b in batches:
+        assert len(b) == 1 or fits(b)
+        pos += len(b)
+        if pos < len(flat):
+            assert not fits(flat[pos - len(b):pos + 1]), "batch closed early"
+    if max_padding == 0.0:
+        assert all(len(set(lengths[b].tolist())) == 1 for b in batches)
+
+
 def test_encode_truncation_and_precision(enc_factory) -> None:
     enc = enc_factory(pooler="cls_before_pooler", mlp="none")
     long = " ".join(["word"] * 500)

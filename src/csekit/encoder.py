@@ -221,7 +221,7 @@ class Encoder(nn.Module):
 
         Each unique sentence is tokenised and encoded once; sentences are sorted by token
         length so batches carry (almost) no padding, and a batch holds at most ``batch_size``
-        sentences and ``max_tokens`` padded tokens (default ``batch_size * 32``).
+        sentences, ``max_tokens`` padded tokens (default ``batch_size * 32``) and 10% padding.
 
         Shape: N sentences -> (N, H) float32 on the CPU.
         """
