@@ -18,11 +18,23 @@ from csekit.errors import ConfigError, ModelLoadError
 from csekit.modeling.native_bert import NativeUnsupported, load_native_encoder
 from csekit.modeling.native_tokenizer import WordPieceTokenizer
 
-TRICKY = ["", " ", "Héllo Wörld café naïve", "中文字符 mixed 日本語", "emoji 😀🚀 ok",
-          "[CLS] a [MASK] b [SEP] [mask] [PAD]", "a" * 150, "x " + "supercalifragilistic" * 8,
-          "tab\tnew\nline\r\x00ctrl\u200b zero", "ÀÉÎÕÜ ﬁ ligature", "  leading and trailing  ",
-          "don't stop-believing!!! ... ???", "Ελληνικά Русский العربية",
-          "a man is playing a guitar .", "the cat sat on the mat"]
+TRICKY = [
+    "",
+    " ",
+    "Héllo Wörld café naïve",
+    "中文字符 mixed 日本語",
+    "emoji 😀🚀 ok",
+    "[CLS] a [MASK] b [SEP] [mask] [PAD]",
+    "a" * 150,
+    "x " + "supercalifragilistic" * 8,
+    "tab\tnew\nline\r\x00ctrl\u200b zero",
+    "ÀÉÎÕÜ ﬁ ligature",
+    "  leading and trailing  ",
+    "don't stop-believing!!! ... ???",
+    "Ελληνικά Русский العربية",
+    "a man is playing a guitar .",
+    "the cat sat on the mat",
+]
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -34,8 +46,14 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
 def _tiny_config(kind: str, **kw):
     from transformers import BertConfig, RobertaConfig
 
-    base = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 3,
-            "num_attention_heads": 4, "intermediate_size": 48, "max_position_embeddings": 64}
+    base = {
+        "vocab_size": 120,
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "intermediate_size": 48,
+        "max_position_embeddings": 64,
+    }
     base.update(kw)
     if kind == "roberta":
         return RobertaConfig(type_vocab_size=1, pad_token_id=1, **base)
@@ -76,16 +94,18 @@ def _compare(native: torch.nn.Module, hf: torch.nn.Module, batch: dict[str, torc
     assert len(got.hidden_states) == len(want.hidden_states)
     for g, w in zip(got.hidden_states, want.hidden_states):
         torch.testing.assert_close(g[keep], w[keep], atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(got.last_hidden_state[keep], want.last_hidden_state[keep],
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        got.last_hidden_state[keep], want.last_hidden_state[keep], atol=2e-5, rtol=1e-4
+    )
     torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("fastpath", ["1", "0"])
-def test_bert_forward_matches_transformers(tmp_path: Path, act: str, padded: bool, fastpath: str,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bert_forward_matches_transformers(
+    tmp_path: Path, act: str, padded: bool, fastpath: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CSEKIT_CPU_FASTPATH", fastpath)
     folder, hf = _save(tmp_path, "bert", hidden_act=act)
     native, pooler_trained = load_native_encoder(folder)
@@ -129,8 +149,9 @@ def test_unsupported_models_are_refused(tmp_path: Path, tiny_bert_dir: Path) -> 
     from transformers import DistilBertConfig, DistilBertModel
 
     distil = tmp_path / "distil"
-    DistilBertModel(DistilBertConfig(vocab_size=120, dim=32, n_layers=2, n_heads=2, hidden_dim=48)
-                    ).save_pretrained(distil)
+    DistilBertModel(
+        DistilBertConfig(vocab_size=120, dim=32, n_layers=2, n_heads=2, hidden_dim=48)
+    ).save_pretrained(distil)
     with pytest.raises(NativeUnsupported, match="model_type"):
         load_native_encoder(distil)
 
@@ -151,15 +172,18 @@ def test_unsupported_models_are_refused(tmp_path: Path, tiny_bert_dir: Path) -> 
 
 # ------------------------------------------------------------------------------ tokenizer
 def _sts_sentences(senteval_dir: Path) -> list[str]:
-    from csekit.evaluation import TASKS, load_task, resolve_data_dir
+    """Every sentence ``csekit eval`` encodes (captured from evaluate_sts itself)."""
+    from csekit.evaluation import evaluate_sts
 
-    down = resolve_data_dir(senteval_dir)
-    seen: dict[str, None] = {}
-    for t in TASKS:
-        p = load_task(down, t, "test")
-        for s in p.sent1 + p.sent2:
-            seen.setdefault(s, None)
-    return list(seen)
+    seen: list[str] = []
+
+    def capture(sentences: list[str]) -> torch.Tensor:
+        seen.extend(sentences)
+        return torch.randn(len(sentences), 4)
+
+    evaluate_sts(capture, senteval_dir)
+    assert len(seen) > 20000
+    return seen
 
 
 def test_wordpiece_tokenizer_matches_transformers(bert_mini_dir: Path, senteval_dir: Path) -> None:
@@ -196,8 +220,12 @@ def test_wordpiece_tokenizer_follows_config_flags(bert_mini_dir: Path, tmp_path:
     a = hf(TRICKY, truncation=True, max_length=64)["input_ids"]
     b = nt(TRICKY, truncation=True, max_length=64)["input_ids"]
     assert a == b
-    assert b != WordPieceTokenizer.from_folder(bert_mini_dir)(TRICKY, truncation=True,
-                                                              max_length=64)["input_ids"]
+    assert (
+        b
+        != WordPieceTokenizer.from_folder(bert_mini_dir)(TRICKY, truncation=True, max_length=64)[
+            "input_ids"
+        ]
+    )
 
     conf["tokenizer_class"] = "RobertaTokenizer"
     (cased / "tokenizer_config.json").write_text(json.dumps(conf))
@@ -218,8 +246,9 @@ def test_encoder_native_equals_hf(tiny_bert_dir: Path, pooler: str) -> None:
     assert (nat.max_seq_len, nat.eval_pooler) == (hf.max_seq_len, hf.eval_pooler)
     texts = TRICKY * 3
     torch.testing.assert_close(nat.encode(texts), hf.encode(texts), atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(nat.encode(texts, max_seq_len=6), hf.encode(texts, max_seq_len=6),
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        nat.encode(texts, max_seq_len=6), hf.encode(texts, max_seq_len=6), atol=2e-5, rtol=1e-4
+    )
     got = nat.encode(texts, precision="bf16")
     want = hf.encode(texts, precision="bf16")
     assert torch.nn.functional.cosine_similarity(got, want).min() > 0.99
@@ -249,16 +278,37 @@ def test_native_encoder_is_inference_only(tiny_bert_dir: Path, tmp_path: Path) -
     assert Encoder.from_pretrained(tiny_bert_dir, backend="auto", dropout=0.1).backend == "hf"
 
 
-def test_cli_backends_give_the_same_numbers(tiny_bert_dir: Path, senteval_dir: Path,
-                                            tmp_path: Path) -> None:
+def test_cli_backends_give_the_same_numbers(
+    tiny_bert_dir: Path, senteval_dir: Path, tmp_path: Path
+) -> None:
     results = {}
     for backend in ("auto", "hf"):
         out = tmp_path / f"{backend}.json"
         proc = subprocess.run(
-            [sys.executable, "-m", "csekit", "-q", "eval", str(tiny_bert_dir), "--pooler", "avg",
-             "--data-dir", str(senteval_dir), "--tasks", "STS12,SICKRelatedness",
-             "--output", str(out), "--device", "cpu", "--backend", backend],
-            capture_output=True, text=True, check=False)
+            [
+                sys.executable,
+                "-m",
+                "csekit",
+                "-q",
+                "eval",
+                str(tiny_bert_dir),
+                "--pooler",
+                "avg",
+                "--data-dir",
+                str(senteval_dir),
+                "--tasks",
+                "STS12,SICKRelatedness",
+                "--output",
+                str(out),
+                "--device",
+                "cpu",
+                "--backend",
+                backend,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         results[backend] = json.loads(out.read_text())
     for task, value in results["hf"]["spearman"].items():
@@ -269,14 +319,32 @@ def test_cli_native_refusal_is_one_line(tmp_path: Path, tiny_bert_dir: Path) -> 
     from transformers import DistilBertConfig, DistilBertModel
 
     distil = tmp_path / "distil"
-    DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2,
-                                     hidden_dim=48)).save_pretrained(distil)
+    DistilBertModel(
+        DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=48)
+    ).save_pretrained(distil)
     _copy_tokenizer(tiny_bert_dir, distil)
     (tmp_path / "in.txt").write_text("hello\nworld\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "csekit", "encode", str(distil), "--input", str(tmp_path / "in.txt"),
-         "--output", str(tmp_path / "o.npy"), "--backend", "native"],
-        capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-m",
+            "csekit",
+            "encode",
+            str(distil),
+            "--input",
+            str(tmp_path / "in.txt"),
+            "--output",
+            str(tmp_path / "o.npy"),
+            "--backend",
+            "native",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("csekit: error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.strip().startswith("csekit: error:")
+        and len(proc.stderr.strip().splitlines()) == 1
+    )
     assert "native backend does not cover" in proc.stderr

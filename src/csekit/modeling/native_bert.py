@@ -39,8 +39,12 @@ from csekit.modeling.cpu_fastpath import native_fastpath_available
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("bert", "roberta")
 # transformers' ACT2FN names -> how we compute them ("gelu" there is the exact erf GELU).
-_ACTIVATIONS: dict[str, str] = {"gelu": "gelu", "gelu_new": "gelu_tanh",
-                                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+_ACTIVATIONS: dict[str, str] = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
 
 
 class NativeUnsupported(Exception):
@@ -67,7 +71,9 @@ class NativeConfig:
     def from_dict(cls, d: dict[str, Any]) -> NativeConfig:
         mtype = d.get("model_type")
         if mtype not in SUPPORTED_MODEL_TYPES:
-            raise NativeUnsupported(f"model_type {mtype!r} (native covers {', '.join(SUPPORTED_MODEL_TYPES)})")
+            raise NativeUnsupported(
+                f"model_type {mtype!r} (native covers {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
         if d.get("auto_map"):
             raise NativeUnsupported("the model ships custom code (auto_map)")
         if d.get("position_embedding_type", "absolute") != "absolute":
@@ -79,14 +85,18 @@ class NativeConfig:
             raise NativeUnsupported(f"hidden_act {act!r}")
         try:
             cfg = cls(
-                model_type=str(mtype), vocab_size=int(d["vocab_size"]),
-                hidden_size=int(d["hidden_size"]), num_hidden_layers=int(d["num_hidden_layers"]),
+                model_type=str(mtype),
+                vocab_size=int(d["vocab_size"]),
+                hidden_size=int(d["hidden_size"]),
+                num_hidden_layers=int(d["num_hidden_layers"]),
                 num_attention_heads=int(d["num_attention_heads"]),
-                intermediate_size=int(d["intermediate_size"]), hidden_act=str(act),
+                intermediate_size=int(d["intermediate_size"]),
+                hidden_act=str(act),
                 layer_norm_eps=float(d.get("layer_norm_eps", 1e-12)),
                 max_position_embeddings=int(d.get("max_position_embeddings", 512)),
                 type_vocab_size=int(d.get("type_vocab_size", 2)),
-                pad_token_id=int(d.get("pad_token_id") or 0))
+                pad_token_id=int(d.get("pad_token_id") or 0),
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise NativeUnsupported(f"config field missing or malformed: {err}") from err
         if cfg.hidden_size % cfg.num_attention_heads:
@@ -111,8 +121,12 @@ class _Layer(nn.Module):
     def __init__(self, t: dict[str, torch.Tensor], p: str) -> None:
         super().__init__()
         a = p + "attention."
-        self.qkv_weight = _param(torch.cat([t[a + f"self.{n}.weight"] for n in ("query", "key", "value")]))
-        self.qkv_bias = _param(torch.cat([t[a + f"self.{n}.bias"] for n in ("query", "key", "value")]))
+        self.qkv_weight = _param(
+            torch.cat([t[a + f"self.{n}.weight"] for n in ("query", "key", "value")])
+        )
+        self.qkv_bias = _param(
+            torch.cat([t[a + f"self.{n}.bias"] for n in ("query", "key", "value")])
+        )
         self.attn_out_weight = _param(t[a + "output.dense.weight"])
         self.attn_out_bias = _param(t[a + "output.dense.bias"])
         self.ln1_weight = _param(t[a + "output.LayerNorm.weight"])
@@ -125,14 +139,18 @@ class _Layer(nn.Module):
         self.ln2_bias = _param(t[p + "output.LayerNorm.bias"])
 
 
-def _linear_act(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str, fast: bool) -> torch.Tensor:
+def _linear_act(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str, fast: bool
+) -> torch.Tensor:
     """act(x @ w.T + b) for act in none | gelu | gelu_tanh | relu."""
     if fast:
         if act == "none":
             return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
         if act == "relu":
             return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
-        return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "tanh" if act == "gelu_tanh" else "none")
+        return torch.ops.mkldnn._linear_pointwise(
+            x, w, b, "gelu", [], "tanh" if act == "gelu_tanh" else "none"
+        )
     y = F.linear(x, w, b)
     if act == "gelu":
         return F.gelu(y)
@@ -143,8 +161,9 @@ def _linear_act(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str, fas
     return y
 
 
-def _linear_add(x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-                fast: bool) -> torch.Tensor:
+def _linear_add(
+    x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, b: torch.Tensor, fast: bool
+) -> torch.Tensor:
     """x @ w.T + b + residual."""
     if fast:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
@@ -158,7 +177,9 @@ class NativeEncoderModel(nn.Module):
     output_hidden_states=)``. Shape: input_ids (B, L) -> last_hidden_state (B, L, H).
     """
 
-    def __init__(self, config: NativeConfig, tensors: dict[str, torch.Tensor], *, has_pooler: bool) -> None:
+    def __init__(
+        self, config: NativeConfig, tensors: dict[str, torch.Tensor], *, has_pooler: bool
+    ) -> None:
         super().__init__()
         self.config = config
         e = "embeddings."
@@ -167,8 +188,9 @@ class NativeEncoderModel(nn.Module):
         self.token_type_embeddings = _param(tensors[e + "token_type_embeddings.weight"])
         self.emb_ln_weight = _param(tensors[e + "LayerNorm.weight"])
         self.emb_ln_bias = _param(tensors[e + "LayerNorm.bias"])
-        self.layers = nn.ModuleList(_Layer(tensors, f"encoder.layer.{i}.")
-                                    for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            _Layer(tensors, f"encoder.layer.{i}.") for i in range(config.num_hidden_layers)
+        )
         self.pooler: nn.Module | None = None
         if has_pooler:
             self.pooler = nn.Module()
@@ -179,16 +201,22 @@ class NativeEncoderModel(nn.Module):
 
     def train(self, mode: bool = True) -> NativeEncoderModel:
         if mode:
-            raise RuntimeError("the native encoder is for inference only (it has no dropout); "
-                               "load the model with backend='hf' to train it")
+            raise RuntimeError(
+                "the native encoder is for inference only (it has no dropout); "
+                "load the model with backend='hf' to train it"
+            )
         return super().train(False)
 
     def _use_fastpath(self, x: torch.Tensor) -> bool:
         """oneDNN fused linears: CPU, fp32, no autocast, unless CSEKIT_CPU_FASTPATH=0."""
-        return (x.device.type == "cpu" and x.dtype == torch.float32
-                and os.environ.get("CSEKIT_CPU_FASTPATH", "1") != "0"
-                and self.word_embeddings.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and native_fastpath_available())
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and os.environ.get("CSEKIT_CPU_FASTPATH", "1") != "0"
+            and self.word_embeddings.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and native_fastpath_available()
+        )
 
     def _embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
@@ -205,11 +233,14 @@ class NativeEncoderModel(nn.Module):
             x = x + F.embedding(positions, self.position_embeddings)
         else:
             if seq > cfg.max_position_embeddings:
-                raise ValueError(f"sequence of {seq} tokens exceeds max_position_embeddings "
-                                 f"{cfg.max_position_embeddings}")
+                raise ValueError(
+                    f"sequence of {seq} tokens exceeds max_position_embeddings "
+                    f"{cfg.max_position_embeddings}"
+                )
             x = x + self.position_embeddings[:seq]
-        return F.layer_norm(x, (cfg.hidden_size,), self.emb_ln_weight, self.emb_ln_bias,
-                            cfg.layer_norm_eps)
+        return F.layer_norm(
+            x, (cfg.hidden_size,), self.emb_ln_weight, self.emb_ln_bias, cfg.layer_norm_eps
+        )
 
     def forward(
         self,
@@ -227,7 +258,9 @@ class NativeEncoderModel(nn.Module):
         x = self._embed(input_ids, token_type_ids)
         fast = self._use_fastpath(x)
         mask: torch.Tensor | None = None
-        if attention_mask is not None and (x.device.type != "cpu" or not bool(attention_mask.all())):
+        if attention_mask is not None and (
+            x.device.type != "cpu" or not bool(attention_mask.all())
+        ):
             mask = attention_mask.to(torch.bool)[:, None, None, :]
         h = x.reshape(bsz * seq, hid)
         states: list[torch.Tensor] = [x] if output_hidden_states else []
@@ -237,11 +270,21 @@ class NativeEncoderModel(nn.Module):
             q, k, v = qkv.view(bsz, seq, 3, heads, hid // heads).permute(2, 0, 3, 1, 4).unbind(0)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             a = a.transpose(1, 2).reshape(bsz * seq, hid)
-            h = F.layer_norm(_linear_add(a, h, layer.attn_out_weight, layer.attn_out_bias, fast),
-                             (hid,), layer.ln1_weight, layer.ln1_bias, eps)
+            h = F.layer_norm(
+                _linear_add(a, h, layer.attn_out_weight, layer.attn_out_bias, fast),
+                (hid,),
+                layer.ln1_weight,
+                layer.ln1_bias,
+                eps,
+            )
             f = _linear_act(h, layer.ffn_in_weight, layer.ffn_in_bias, self._act, fast)
-            h = F.layer_norm(_linear_add(f, h, layer.ffn_out_weight, layer.ffn_out_bias, fast),
-                             (hid,), layer.ln2_weight, layer.ln2_bias, eps)
+            h = F.layer_norm(
+                _linear_add(f, h, layer.ffn_out_weight, layer.ffn_out_bias, fast),
+                (hid,),
+                layer.ln2_weight,
+                layer.ln2_bias,
+                eps,
+            )
             if output_hidden_states:
                 states.append(h.view(bsz, seq, hid))
         last = h.view(bsz, seq, hid)
@@ -285,7 +328,7 @@ def _base_model_tensors(raw: dict[str, torch.Tensor], model_type: str) -> dict[s
     for key, t in raw.items():
         if not key.startswith(prefix):
             continue
-        key = key[len(prefix):]
+        key = key[len(prefix) :]
         if key.endswith(".gamma"):
             key = key[:-6] + ".weight"
         elif key.endswith(".beta"):
@@ -295,27 +338,48 @@ def _base_model_tensors(raw: dict[str, torch.Tensor], model_type: str) -> dict[s
 
 
 def _required_keys(cfg: NativeConfig) -> list[str]:
-    keys = [f"embeddings.{n}" for n in ("word_embeddings.weight", "position_embeddings.weight",
-                                         "token_type_embeddings.weight", "LayerNorm.weight",
-                                         "LayerNorm.bias")]
-    per_layer = [f"attention.self.{n}.{p}" for n in ("query", "key", "value") for p in ("weight", "bias")]
-    per_layer += [f"{m}.{p}" for m in ("attention.output.dense", "attention.output.LayerNorm",
-                                       "intermediate.dense", "output.dense", "output.LayerNorm")
-                  for p in ("weight", "bias")]
+    keys = [
+        f"embeddings.{n}"
+        for n in (
+            "word_embeddings.weight",
+            "position_embeddings.weight",
+            "token_type_embeddings.weight",
+            "LayerNorm.weight",
+            "LayerNorm.bias",
+        )
+    ]
+    per_layer = [
+        f"attention.self.{n}.{p}" for n in ("query", "key", "value") for p in ("weight", "bias")
+    ]
+    per_layer += [
+        f"{m}.{p}"
+        for m in (
+            "attention.output.dense",
+            "attention.output.LayerNorm",
+            "intermediate.dense",
+            "output.dense",
+            "output.LayerNorm",
+        )
+        for p in ("weight", "bias")
+    ]
     for i in range(cfg.num_hidden_layers):
         keys += [f"encoder.layer.{i}.{k}" for k in per_layer]
     return keys
 
 
-def read_native_config(folder: Path) -> NativeConfig:
-    path = folder / "config.json"
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a model folder, or NativeUnsupported saying why not."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise NativeUnsupported(f"cannot read {path}: {err}") from err
+        raise NativeUnsupported(f"cannot read {path.name}: {err}") from err
     if not isinstance(data, dict):
-        raise NativeUnsupported(f"{path} is not a JSON object")
-    return NativeConfig.from_dict(data)
+        raise NativeUnsupported(f"{path.name} is not a JSON object")
+    return data
+
+
+def read_native_config(folder: Path) -> NativeConfig:
+    return NativeConfig.from_dict(read_json_object(folder / "config.json"))
 
 
 def load_native_encoder(folder: str | Path) -> tuple[NativeEncoderModel, bool]:
@@ -333,14 +397,25 @@ def load_native_encoder(folder: str | Path) -> tuple[NativeEncoderModel, bool]:
     dtypes = {t.dtype for k, t in tensors.items() if t.is_floating_point()}
     if len(dtypes) != 1:
         raise NativeUnsupported(f"mixed weight dtypes {sorted(map(str, dtypes))}")
-    shapes = {"embeddings.word_embeddings.weight": (cfg.vocab_size, cfg.hidden_size),
-              "encoder.layer.0.intermediate.dense.weight": (cfg.intermediate_size, cfg.hidden_size)}
+    shapes = {
+        "embeddings.word_embeddings.weight": (cfg.vocab_size, cfg.hidden_size),
+        "encoder.layer.0.intermediate.dense.weight": (cfg.intermediate_size, cfg.hidden_size),
+    }
     for key, shape in shapes.items():
         if tuple(tensors[key].shape) != shape:
-            raise NativeUnsupported(f"{key} has shape {tuple(tensors[key].shape)}, config says {shape}")
+            raise NativeUnsupported(
+                f"{key} has shape {tuple(tensors[key].shape)}, config says {shape}"
+            )
     has_pooler = "pooler.dense.weight" in tensors and "pooler.dense.bias" in tensors
     return NativeEncoderModel(cfg, tensors, has_pooler=has_pooler), has_pooler
 
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "NativeConfig", "NativeEncoderModel", "NativeOutput",
-           "NativeUnsupported", "load_native_encoder", "read_native_config"]
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "NativeConfig",
+    "NativeEncoderModel",
+    "NativeOutput",
+    "NativeUnsupported",
+    "load_native_encoder",
+    "read_native_config",
+]

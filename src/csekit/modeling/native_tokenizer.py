@@ -16,18 +16,22 @@ special tokens, a ``special_tokens_map.json`` that disagrees, a non-default Word
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from csekit.modeling.native_bert import NativeUnsupported
+from csekit.modeling.native_bert import NativeUnsupported, read_json_object
 
 _BERT_CLASSES = ("BertTokenizer", "BertTokenizerFast")
 _SPECIAL_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-_DEFAULT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-                     "cls_token": "[CLS]", "mask_token": "[MASK]"}
+_DEFAULT_SPECIALS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
 _NO_LIMIT = int(1e30)  # transformers' VERY_LARGE_INTEGER: "no model_max_length given"
 
 
@@ -39,16 +43,6 @@ def _content(tok: Any) -> str | None:
     raise NativeUnsupported(f"unrecognised special token entry {tok!r}")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise NativeUnsupported(f"cannot read {path.name}: {err}") from err
-    if not isinstance(data, dict):
-        raise NativeUnsupported(f"{path.name} is not a JSON object")
-    return data
-
-
 class WordPieceTokenizer:
     """The subset of a ``transformers`` tokenizer's call interface that csekit's inference uses.
 
@@ -58,7 +52,9 @@ class WordPieceTokenizer:
 
     model_input_names: ClassVar[tuple[str, ...]] = ("input_ids", "token_type_ids", "attention_mask")
 
-    def __init__(self, backend: Any, *, pad_token_id: int, model_max_length: int, source: str) -> None:
+    def __init__(
+        self, backend: Any, *, pad_token_id: int, model_max_length: int, source: str
+    ) -> None:
         self._tok = backend
         self.pad_token_id = pad_token_id
         self.model_max_length = model_max_length
@@ -73,7 +69,7 @@ class WordPieceTokenizer:
         tj, tc = folder / "tokenizer.json", folder / "tokenizer_config.json"
         if not tj.is_file() or not tc.is_file():
             raise NativeUnsupported("tokenizer.json or tokenizer_config.json missing")
-        conf = _read_json(tc)
+        conf = read_json_object(tc)
         if conf.get("tokenizer_class") not in _BERT_CLASSES:
             raise NativeUnsupported(f"tokenizer_class {conf.get('tokenizer_class')!r}")
         if conf.get("auto_map"):
@@ -87,48 +83,67 @@ class WordPieceTokenizer:
         specials = {k: _content(conf.get(k, _DEFAULT_SPECIALS[k])) for k in _SPECIAL_KEYS}
         stm = folder / "special_tokens_map.json"
         if stm.is_file():
-            for key, val in _read_json(stm).items():
+            for key, val in read_json_object(stm).items():
                 if key in _SPECIAL_KEYS and _content(val) != specials[key]:
                     raise NativeUnsupported(f"special_tokens_map.json disagrees on {key}")
                 if key not in _SPECIAL_KEYS:
                     raise NativeUnsupported(f"special_tokens_map.json has {key}")
-        spec = _read_json(tj)
+        spec = read_json_object(tj)
         model = spec.get("model") or {}
-        if (model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##"
-                or model.get("max_input_chars_per_word", 100) != 100
-                or model.get("unk_token") != specials["unk_token"]):
+        if (
+            model.get("type") != "WordPiece"
+            or model.get("continuing_subword_prefix", "##") != "##"
+            or model.get("max_input_chars_per_word", 100) != 100
+            or model.get("unk_token") != specials["unk_token"]
+        ):
             raise NativeUnsupported("tokenizer.json is not a default BERT WordPiece model")
         added = {a.get("content"): a.get("id") for a in spec.get("added_tokens") or []}
         decoder = conf.get("added_tokens_decoder") or {}
         for tid, entry in decoder.items():
             if added.get(_content(entry)) != int(tid):
-                raise NativeUnsupported(f"added token {_content(entry)!r} differs from tokenizer.json")
+                raise NativeUnsupported(
+                    f"added token {_content(entry)!r} differs from tokenizer.json"
+                )
         for a in spec.get("added_tokens") or []:
             if not a.get("special") or a.get("content") not in specials.values():
-                raise NativeUnsupported(f"added token {a.get('content')!r} is not a BERT special token")
+                raise NativeUnsupported(
+                    f"added token {a.get('content')!r} is not a BERT special token"
+                )
         for key, val in specials.items():
             if val is not None and val not in added:
-                raise NativeUnsupported(f"{key} {val!r} is not an added special token in tokenizer.json")
+                raise NativeUnsupported(
+                    f"{key} {val!r} is not an added special token in tokenizer.json"
+                )
 
         backend = Tokenizer.from_file(str(tj))
         ids = {k: backend.token_to_id(v) for k, v in specials.items() if v is not None}
         if ids.get("cls_token") is None or ids.get("sep_token") is None:
             raise NativeUnsupported("[CLS]/[SEP] not in the vocabulary")
         backend.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=bool(conf.get("tokenize_chinese_chars", True)),
-            strip_accents=conf.get("strip_accents"), lowercase=bool(conf.get("do_lower_case", True)))
+            clean_text=True,
+            handle_chinese_chars=bool(conf.get("tokenize_chinese_chars", True)),
+            strip_accents=conf.get("strip_accents"),
+            lowercase=bool(conf.get("do_lower_case", True)),
+        )
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         cls_t, sep_t = specials["cls_token"], specials["sep_token"]
         backend.post_processor = processors.TemplateProcessing(
             single=f"{cls_t}:0 $A:0 {sep_t}:0",
             pair=f"{cls_t}:0 $A:0 {sep_t}:0 $B:1 {sep_t}:1",
-            special_tokens=[(cls_t, ids["cls_token"]), (sep_t, ids["sep_token"])])
+            special_tokens=[(cls_t, ids["cls_token"]), (sep_t, ids["sep_token"])],
+        )
         backend.no_padding()
         backend.no_truncation()
         limit = conf.get("model_max_length")
-        max_len = int(limit) if isinstance(limit, (int, float)) and 0 < limit < _NO_LIMIT else _NO_LIMIT
-        return cls(backend, pad_token_id=int(ids.get("pad_token") or 0), model_max_length=max_len,
-                   source=str(folder))
+        max_len = (
+            int(limit) if isinstance(limit, (int, float)) and 0 < limit < _NO_LIMIT else _NO_LIMIT
+        )
+        return cls(
+            backend,
+            pad_token_id=int(ids.get("pad_token") or 0),
+            model_max_length=max_len,
+            source=str(folder),
+        )
 
     def __call__(
         self,
@@ -146,7 +161,9 @@ class WordPieceTokenizer:
         if padding not in (False, True, "longest", "do_not_pad"):
             raise ValueError(f"padding={padding!r} is not supported by the native tokenizer")
         if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors={return_tensors!r} is not supported by the native tokenizer")
+            raise ValueError(
+                f"return_tensors={return_tensors!r} is not supported by the native tokenizer"
+            )
         if truncation:
             limit = max_length if max_length is not None else self.model_max_length
             if limit < _NO_LIMIT:
@@ -177,8 +194,10 @@ class WordPieceTokenizer:
         return out
 
     def save_pretrained(self, *_: Any, **__: Any) -> None:
-        raise RuntimeError("the native tokenizer is for inference only; load the model with "
-                           "backend='hf' to save it")
+        raise RuntimeError(
+            "the native tokenizer is for inference only; load the model with "
+            "backend='hf' to save it"
+        )
 
 
 __all__ = ["WordPieceTokenizer"]
