@@ -334,14 +334,13 @@ class Encoder(nn.Module):
         if native is not None:
             backend = "native"
             backbone, pooler_trained, tokenizer = native
-            config: Any = backbone.config
-            if tokenizer is None:
-                tokenizer = _load_hf_tokenizer(tdir, name, trust_remote_code)
         else:
             backend = "hf"
             backbone, pooler_trained = _load_hf_backbone(tdir, name, dropout, trust_remote_code)
-            config = backbone.config
+            tokenizer = None
+        if tokenizer is None:  # (the native tokenizer covers BERT WordPiece only)
             tokenizer = _load_hf_tokenizer(tdir, name, trust_remote_code)
+        config: Any = backbone.config
 
         head_state: dict[str, torch.Tensor] | None = None
         if (root / HEAD_FILE).is_file():

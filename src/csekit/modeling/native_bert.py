@@ -170,6 +170,21 @@ def _linear_add(
     return F.linear(x, w, b) + residual
 
 
+def _dense_add_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    eps: float,
+    fast: bool,
+) -> torch.Tensor:
+    """LayerNorm(x @ w.T + b + residual): the output step of BERT's two sublayers."""
+    y = _linear_add(x, residual, w, b, fast)
+    return F.layer_norm(y, (y.shape[-1],), ln_w, ln_b, eps)
+
+
 class NativeEncoderModel(nn.Module):
     """BERT / RoBERTa encoder stack for inference; weights from a HF checkpoint's tensors.
 
@@ -270,20 +285,26 @@ class NativeEncoderModel(nn.Module):
             q, k, v = qkv.view(bsz, seq, 3, heads, hid // heads).permute(2, 0, 3, 1, 4).unbind(0)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             a = a.transpose(1, 2).reshape(bsz * seq, hid)
-            h = F.layer_norm(
-                _linear_add(a, h, layer.attn_out_weight, layer.attn_out_bias, fast),
-                (hid,),
+            h = _dense_add_norm(
+                a,
+                h,
+                layer.attn_out_weight,
+                layer.attn_out_bias,
                 layer.ln1_weight,
                 layer.ln1_bias,
                 eps,
+                fast,
             )
             f = _linear_act(h, layer.ffn_in_weight, layer.ffn_in_bias, self._act, fast)
-            h = F.layer_norm(
-                _linear_add(f, h, layer.ffn_out_weight, layer.ffn_out_bias, fast),
-                (hid,),
+            h = _dense_add_norm(
+                f,
+                h,
+                layer.ffn_out_weight,
+                layer.ffn_out_bias,
                 layer.ln2_weight,
                 layer.ln2_bias,
                 eps,
+                fast,
             )
             if output_hidden_states:
                 states.append(h.view(bsz, seq, hid))
