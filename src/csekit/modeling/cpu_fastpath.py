@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
@@ -25,6 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+
+def fastpath_enabled() -> bool:
+    """False when the user turned the fused path off with ``CSEKIT_CPU_FASTPATH=0``."""
+    return os.environ.get("CSEKIT_CPU_FASTPATH", "1") != "0"
 
 
 def _self_check(native_variants: bool) -> bool:

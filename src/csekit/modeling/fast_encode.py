@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from csekit.errors import ConfigError
-from csekit.modeling.cpu_fastpath import fused_cpu_linears
+from csekit.modeling.cpu_fastpath import fastpath_enabled, fused_cpu_linears
 
 if TYPE_CHECKING:
     from csekit.encoder import Encoder
@@ -136,7 +136,7 @@ def encode_sentences(
     bar = _progress(len(unique), show_progress)
     # (the native backend fuses its own linear layers; this patches a transformers model's)
     use_fast = (dev.type == "cpu" and precision == "fp32" and enc.backend == "hf"
-                and os.environ.get("CSEKIT_CPU_FASTPATH", "1") != "0")
+                and fastpath_enabled())
     fast = fused_cpu_linears(enc.backbone) if use_fast else contextlib.nullcontext()
     try:
         with torch.inference_mode(), ctx, fast:

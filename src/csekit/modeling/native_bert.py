@@ -26,7 +26,6 @@ checkpoints) raises :class:`NativeUnsupported`, and ``backend="auto"`` then fall
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from csekit.modeling.cpu_fastpath import native_fastpath_available
+from csekit.modeling.cpu_fastpath import fastpath_enabled, native_fastpath_available
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("bert", "roberta")
 # transformers' ACT2FN names -> how we compute them ("gelu" there is the exact erf GELU).
@@ -227,7 +226,7 @@ class NativeEncoderModel(nn.Module):
         return (
             x.device.type == "cpu"
             and x.dtype == torch.float32
-            and os.environ.get("CSEKIT_CPU_FASTPATH", "1") != "0"
+            and fastpath_enabled()
             and self.word_embeddings.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
             and native_fastpath_available()
@@ -388,10 +387,11 @@ def _required_keys(cfg: NativeConfig) -> list[str]:
     return keys
 
 
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from a model folder, or NativeUnsupported saying why not."""
+def read_json_object(path: Path, text: str | None = None) -> dict[str, Any]:
+    """A JSON object from a model folder (``text``: the file's contents, if already read),
+    or NativeUnsupported saying why not."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8") if text is None else text)
     except (OSError, ValueError) as err:
         raise NativeUnsupported(f"cannot read {path.name}: {err}") from err
     if not isinstance(data, dict):

@@ -88,7 +88,11 @@ class WordPieceTokenizer:
                     raise NativeUnsupported(f"special_tokens_map.json disagrees on {key}")
                 if key not in _SPECIAL_KEYS:
                     raise NativeUnsupported(f"special_tokens_map.json has {key}")
-        spec = read_json_object(tj)
+        try:
+            tj_text = tj.read_text(encoding="utf-8")  # parsed here, and by tokenizers below
+        except (OSError, ValueError) as err:
+            raise NativeUnsupported(f"cannot read {tj.name}: {err}") from err
+        spec = read_json_object(tj, tj_text)
         model = spec.get("model") or {}
         if (
             model.get("type") != "WordPiece"
@@ -115,7 +119,7 @@ class WordPieceTokenizer:
                     f"{key} {val!r} is not an added special token in tokenizer.json"
                 )
 
-        backend = Tokenizer.from_file(str(tj))
+        backend = Tokenizer.from_str(tj_text)
         ids = {k: backend.token_to_id(v) for k, v in specials.items() if v is not None}
         if ids.get("cls_token") is None or ids.get("sep_token") is None:
             raise NativeUnsupported("[CLS]/[SEP] not in the vocabulary")
