@@ -125,8 +125,8 @@ def st_batcher(model_path: str):
 
 # ----------------------------------------------------------------- comparison
 def run_parity(model: str, data_dir: Path, pooler: str, backend: str = "auto") -> dict:
-    from csekit.encoder import Encoder
     from csekit.evaluation import evaluate_sts
+    from csekit.modeling.encoder import Encoder
 
     downstream = data_dir / "downstream" if (data_dir / "downstream").is_dir() else data_dir
     t0 = time.perf_counter()

@@ -108,7 +108,7 @@ def quick_gflops() -> float:
 def startup_and_load(model: str, backend: str) -> float:
     """Seconds for a fresh process to import csekit (+ transformers for ``hf``) and load the
     model and tokenizer (no data)."""
-    code = ("import sys; from csekit.encoder import Encoder; "
+    code = ("import sys; from csekit.modeling.encoder import Encoder; "
             "import csekit.evaluation, csekit.cli.eval_cmd; "
             "Encoder.from_pretrained(sys.argv[1], pooler='avg', backend=sys.argv[2])")
     t0 = time.perf_counter()
@@ -123,7 +123,7 @@ def roofline(model: str, sentences: list[str], max_len: int) -> dict:
     import torch
     from transformers import AutoConfig
 
-    from csekit.encoder import Encoder
+    from csekit.modeling.encoder import Encoder
 
     cfg = AutoConfig.from_pretrained(model)
     tok = Encoder.from_pretrained(model, pooler="avg", backend="auto").tokenizer
@@ -157,7 +157,7 @@ def throughput(model: str, sentences: list[str], rounds: int, ablation: bool) ->
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from csekit.encoder import Encoder
+    from csekit.modeling.encoder import Encoder
 
     st = SentenceTransformer(model, device="cpu")
     enc = Encoder.from_pretrained(model, pooler="avg", backend="auto")  # what `csekit eval` uses

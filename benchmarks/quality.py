@@ -83,8 +83,8 @@ def run_config(args: argparse.Namespace, model: Path, objective: str, seed: int,
 
 def train_one(cfg: dict[str, Any]) -> dict[str, Any]:
     """Train (or load the cached result of) one run; returns test numbers, dev curve, etc."""
-    from csekit.encoder import Encoder
     from csekit.evaluation import evaluate_sts
+    from csekit.modeling.encoder import Encoder
     from csekit.training import TrainConfig, Trainer
 
     out = Path(cfg["output_dir"])
@@ -115,8 +115,8 @@ def train_one(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def untrained(model: Path, pooler: str, data_dir: Path) -> dict[str, Any]:
-    from csekit.encoder import Encoder
     from csekit.evaluation import evaluate_sts
+    from csekit.modeling.encoder import Encoder
 
     enc = Encoder.from_pretrained(str(model), pooler=pooler, mlp="none")
     res = evaluate_sts(lambda s: enc.encode(s, batch_size=128), data_dir, align_uniform=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from csekit.encoder import HEAD_FILE, Encoder
 from csekit.errors import ConfigError, ModelLoadError
+from csekit.modeling.encoder import HEAD_FILE, Encoder
 
 SENTS = [
     "a man is playing a guitar .",
@@ -205,7 +205,7 @@ def test_save_is_atomic(enc_factory, tmp_path: Path, monkeypatch: pytest.MonkeyP
     enc.save(dest, metadata={"round": 2})  # replace an existing folder
     assert json.loads((dest / "csekit.json").read_text())["round"] == 2
 
-    import csekit.encoder as encoder_mod
+    import csekit.modeling.encoder as encoder_mod
 
     def boom(*a, **k):
         raise OSError("disk full")
@@ -362,7 +362,7 @@ def test_sigkill_during_save_keeps_previous_model(enc_factory, tiny_bert_dir: Pa
     ready = tmp_path / "ready"
     script = f"""
 import time, pathlib
-import csekit.encoder as m
+import csekit.modeling.encoder as m
 real = m.write_st_modules
 def slow(*a, **k):
     real(*a, **k)

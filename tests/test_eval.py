@@ -244,7 +244,7 @@ def test_result_json_schema() -> None:
 # --------------------------------------------------------------------------- CLI
 def test_cli_eval(tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from csekit.cli.main import main
-    from csekit.encoder import Encoder
+    from csekit.modeling.encoder import Encoder
 
     root = _tiny_senteval(tmp_path / "data")
     out = tmp_path / "res.json"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from csekit.encoder import Encoder
 from csekit.errors import ConfigError, ModelLoadError
+from csekit.modeling.encoder import Encoder
 from csekit.modeling.native_bert import NativeUnsupported, load_native_encoder
 from csekit.modeling.native_tokenizer import WordPieceTokenizer
 

@@ -123,7 +123,7 @@ def test_sigkill_mid_save_keeps_previous_checkpoint_and_best(tiny_bert_dir: Path
         torch.load(prev / name, weights_only=True)
     assert load_file(str(prev / "model.safetensors"))
     # the best model at the root is loadable and matches its metadata
-    from csekit.encoder import Encoder
+    from csekit.modeling.encoder import Encoder
 
     meta = json.loads((out / "csekit.json").read_text())
     assert meta["dev"]["step"] in (2, 4)

@@ -127,3 +127,56 @@ def test_batch_not_divisible_by_processes() -> None:
     cfg.validate(world_size=4)
     with pytest.raises(ConfigError, match="not divisible by the 3 processes"):
         cfg.validate(world_size=3)
+
+
+# Published BERT-base settings, restated from REFERENCE.md (not imported from the table).
+_PUBLISHED_BERT_BASE = {
+    "simcse": dict(batch_size=64, learning_rate=3e-5, temperature=0.05),
+    "clusterns": dict(batch_size=256, learning_rate=5e-5, n_clusters=128, kmeans_lr=1e-3,
+                      kmeans_start_cosine=0.4, bml_weight=1e-3, bml_alpha=0.0, bml_beta=0.3),
+    "focal": dict(margin=0.3, temperature=0.05),
+}
+
+
+@pytest.mark.parametrize("objective", sorted(_PUBLISHED_BERT_BASE))
+def test_choosing_an_objective_applies_its_published_defaults(objective: str) -> None:
+    cfg = TrainConfig(train_file="x").override(objective=objective).resolved()
+    for key, value in _PUBLISHED_BERT_BASE[objective].items():
+        assert getattr(cfg, key) == pytest.approx(value), key
+    cfg.validate()  # k = 128 fits ClusterNS's own batch of 256: no exit 2 any more
+
+
+def test_given_options_win_over_the_objective_defaults(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("objective: clusterns\nbatch_size: 32\nn_clusters: 16\n")
+    cfg = TrainConfig.from_yaml(recipe).override(learning_rate=1e-4)
+    assert cfg.defaulted_options()["bml_weight"] == 1e-3
+    res = cfg.resolved()
+    assert (res.batch_size, res.n_clusters, res.learning_rate, res.bml_beta) == (32, 16, 1e-4, 0.3)
+    summary = cfg.effective_summary()
+    assert "batch_size=32," in summary and "bml_weight=0.001*" in summary
+    # a resolved config keeps its values when resolved again
+    assert res.resolved() == res
+
+
+def test_clusterns_with_only_model_corpus_and_output_runs(tiny_bert_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The new user's first try: no batch or k given. ClusterNS's defaults (batch 256, k 128)
+    apply; one step runs and the effective settings are logged and saved."""
+    import logging
+
+    import yaml
+
+    corpus = make_corpus(tmp_path / "c.txt", n=300)
+    out = tmp_path / "o"
+    with caplog.at_level(logging.INFO, logger="csekit"):
+        rc, err = run_cli(["--model", str(tiny_bert_dir), "--train-file", str(corpus),
+                           "--output-dir", str(out), "--objective", "clusterns",
+                           "--max-steps", "1", "--no-progress", "--pooler", "avg",
+                           "--mlp", "none"], capsys)
+    assert rc == 0, err
+    assert any("effective settings" in r.message and "batch_size=256*" in r.message
+               and "n_clusters=128*" in r.message for r in caplog.records)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["batch_size"], saved["n_clusters"], saved["bml_weight"]) == (256, 128, 1e-3)

@@ -67,8 +67,8 @@ def test_eval_during_training_best_model_and_st_load(tiny_bert_dir: Path, tmp_pa
     # best model is the one that scored best_score on dev.
     from sentence_transformers import SentenceTransformer
 
-    from csekit.encoder import Encoder
     from csekit.evaluation import evaluate_sts
+    from csekit.modeling.encoder import Encoder
 
     sents = ["the city was known for its river", "a new album was released", "one two"]
     enc = Encoder.from_pretrained(str(out))

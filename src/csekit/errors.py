@@ -14,8 +14,8 @@ class CsekitError(Exception):
     exit_code: int = 2
 
 
-class ConfigError(CsekitError):
-    """Contradictory or out-of-range options."""
+class ConfigError(CsekitError, ValueError):
+    """Contradictory or out-of-range options (also a ``ValueError``: a bad argument value)."""
 
 
 class DataError(CsekitError):

@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     from csekit.cli.eval_cmd import add_backend_arg
     from csekit.modeling.pooling import POOLERS
+    from csekit.precision import PRECISIONS
 
     p = subparsers.add_parser(
         "encode", help="embed sentences (one per line) into a .npy matrix",
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-seq-len", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     p.add_argument("--trust-remote-code", action="store_true")
     add_backend_arg(p)
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from csekit.cli.eval_cmd import default_device
-    from csekit.encoder import Encoder
+    from csekit.modeling.encoder import Encoder
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")

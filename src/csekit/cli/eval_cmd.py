@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from csekit.modeling.pooling import POOLERS
+    from csekit.precision import PRECISIONS
 
     p = subparsers.add_parser(
         "eval", help="STS evaluation (STS12-16, STS-B, SICK-R) as SentEval computes it",
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="truncation in tokens (default: the model's maximum, as SentEval)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--align-uniform", action="store_true",
                    help="also report alignment and uniformity on STS-B (SimCSE's protocol)")
     p.add_argument("--trust-remote-code", action="store_true",
@@ -44,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_backend_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("auto", "native", "hf"), default="auto",
+    from csekit.modeling.encoder import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="model code: csekit's inference-only BERT/RoBERTa forward (native), "
                         "transformers (hf), or native where it applies (auto, the default)")
 
@@ -60,8 +63,8 @@ def default_device(requested: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from csekit.encoder import Encoder
     from csekit.evaluation import evaluate_sts
+    from csekit.modeling.encoder import Encoder
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")

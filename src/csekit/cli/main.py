@@ -44,10 +44,9 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed sub-command; a :class:`CsekitError` becomes one stderr line and its exit
+    code (2 for user errors), Ctrl-C outside training becomes exit 130."""
     try:
         rc = args.func(args)
     except CsekitError as err:
@@ -58,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         print("csekit: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    return run_command(args)
 
 
 def run() -> None:  # pragma: no cover - console script shim

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import typing
 from typing import Any
 
 from csekit.training.config import (
@@ -19,6 +20,7 @@ from csekit.training.config import (
     CENTROID_UPDATES,
     CLUSTER_INITS,
     MLP_MODES,
+    OBJECTIVE_DEPENDENT,
     OBJECTIVES,
     ON_BAD_LINE,
     POOLERS,
@@ -44,17 +46,18 @@ HELP: dict[str, str] = {
     "n_clusters": "ClusterNS number of centroids k (published: 128; <= global batch)",
     "kmeans_lr": "ClusterNS centroid momentum (published: 1e-3)",
     "kmeans_start_cosine": "ClusterNS starts when the batch mean cosine <= this (published 0.4)",
-    "bml_weight": "ClusterNS bidirectional margin loss weight (published: 1e-4)",
-    "bml_alpha": "BML alpha (published: 0.2)",
-    "bml_beta": "BML beta (published: 0.5)",
+    "bml_weight": "ClusterNS bidirectional margin loss weight (BERT-base: 1e-3)",
+    "bml_alpha": "BML alpha (BERT-base: 0)",
+    "bml_beta": "BML beta (BERT-base: 0.3)",
     "hard_negatives": "ClusterNS centroid hard negatives (on by default)",
     "centroid_update": "centroid update: sum of members (published) or mean",
     "bml_reduction": "BML averaged over all B x B entries (published) or over the pairs",
     "cluster_init": "centroid initialisation: greedy chain (published) or kmeans++",
     "dedup": "drop duplicate sentences",
     "on_bad_line": "invalid UTF-8 / NUL lines: error (with the line number) or skip and count",
-    "batch_size": "GLOBAL batch (all processes together); the in-batch negatives",
-    "learning_rate": "AdamW peak learning rate",
+    "batch_size": "GLOBAL batch (all processes together); the in-batch negatives "
+                  "(SimCSE / Focal 64, ClusterNS 256)",
+    "learning_rate": "AdamW peak learning rate (SimCSE / Focal 3e-5, ClusterNS 5e-5)",
     "weight_decay": "AdamW weight decay (not on biases and LayerNorm)",
     "warmup_steps": "linear warm-up steps (then linear decay to 0)",
     "warmup_ratio": "warm-up as a fraction of all steps",
@@ -85,9 +88,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 SKIP = {"extra"}
 
 
-def _type_of(f: dataclasses.Field) -> type:
-    ann = str(f.type)
-    return int if ann.startswith("int") else float if ann.startswith("float") else str
+def _type_of(name: str) -> type:
+    """The scalar type of a TrainConfig field (``int | None`` -> int), from its annotation."""
+    tp = typing.get_type_hints(TrainConfig)[name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
 
 
 def register(subparsers: Any) -> None:
@@ -105,15 +110,17 @@ def register(subparsers: Any) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = HELP.get(f.name, f.name)
-        shown = getattr(defaults, f.name)
-        if str(f.type).startswith("bool"):
+        shown = "the objective's published value" if f.name in OBJECTIVE_DEPENDENT \
+            else getattr(defaults, f.name)
+        kind = _type_of(f.name)
+        if kind is bool:
             if f.name == "resume":
                 p.add_argument(flag, action="store_true", default=None, help=help_text)
             else:
                 p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                help=f"{help_text} (default {shown})")
             continue
-        p.add_argument(flag, dest=f.name, type=_type_of(f), default=None,
+        p.add_argument(flag, dest=f.name, type=kind, default=None,
                        choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES else
                        f.name.upper(), help=f"{help_text} (default {shown})")
     p.set_defaults(func=run_train)
@@ -145,19 +152,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m csekit.cli.train_cmd ...`` == ``csekit train ...`` (used by launchers/tests)."""
-    from csekit.cli.main import _configure_logging
-    from csekit.errors import CsekitError
+    import sys
 
-    parser = argparse.ArgumentParser(prog="csekit")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", *(argv if argv is not None else __import__("sys").argv[1:])])
-    _configure_logging(False, False)
-    try:
-        return run_train(args)
-    except CsekitError as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"csekit: error: {msg}", file=__import__("sys").stderr)
-        return err.exit_code
+    from csekit.cli.main import main as csekit_main
+
+    return csekit_main(["train", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

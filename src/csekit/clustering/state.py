@@ -17,6 +17,7 @@ from csekit.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 InitMethod = Literal["greedy_chain", "kmeans++"]
+INIT_METHODS: tuple[str, ...] = ("greedy_chain", "kmeans++")  # "greedy_chain": published
 
 
 class ClusterState(nn.Module):

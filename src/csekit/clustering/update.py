@@ -9,6 +9,7 @@ import torch
 from csekit.clustering.assign import assign
 
 UpdateRule = Literal["sum", "mean"]
+UPDATE_RULES: tuple[str, ...] = ("sum", "mean")  # "sum": the released ClusterNS code
 
 
 @torch.no_grad()

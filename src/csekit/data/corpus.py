@@ -19,6 +19,7 @@ from csekit.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
+ON_BAD_LINE: tuple[str, ...] = ("error", "skip")  # what a bad line does: stop, or skip and count
 DEFAULT_MAX_CHARS = 2000
 DEFAULT_SHUFFLE_BUFFER = 1 << 20
 _MAX_REPORTED_BAD = 20
@@ -71,7 +72,7 @@ class SentenceCorpus:
         max_chars: int = DEFAULT_MAX_CHARS,
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     ) -> None:
-        if on_bad_line not in ("error", "skip"):
+        if on_bad_line not in ON_BAD_LINE:
             raise ConfigError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
         if min_chars < 1 or max_chars < min_chars:
             raise ConfigError(f"need 1 <= min_chars <= max_chars, got {min_chars} and {max_chars}")

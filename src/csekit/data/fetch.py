@@ -11,6 +11,13 @@ answers a ``resolve`` URL of a Git LFS file with a redirect whose ``X-Linked-Eta
 the file's SHA-256 (64 hex digits); :func:`server_sha256` reads it with a HEAD request that
 does not follow the redirect. A plain ``ETag`` of 64 hex digits is taken the same way.
 
+Why this is written here rather than taken from a library: ``huggingface_hub``'s
+``hf_hub_download`` fetches files of hub *repositories* only, while csekit also downloads from
+any URL prefix (``--base-url`` mirrors, a local server in the tests); its generic ``http_get``
+is internal API. ``urllib.request.urlretrieve`` has no resume, no checksum and no atomic
+rename. What is left is about 150 lines: a ``Range`` request, a SHA-256 over the bytes, and an
+``os.replace``.
+
 Every failure is a one-line :class:`DownloadError`: unreachable host (offline), HTTP error,
 interrupted transfer (the ``.part`` is kept; run again to resume), checksum mismatch (the
 ``.part`` is removed, since resuming from corrupt bytes cannot succeed).

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from csekit.errors import ConfigError
+
 _EPS = 1e-8
 
 
@@ -34,9 +36,23 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return an @ bn.T
 
 
-def check_temperature(temperature: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+def check_temperature(temperature: float) -> float:
+    """The temperature as a float; a one-line ConfigError (a ValueError) unless it is > 0."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not temperature > 0:
+        raise ConfigError(
+            f"temperature must be a number > 0 (got {temperature!r}); the published value is 0.05"
+        )
+    return float(temperature)
+
+
+def check_margin(margin: float) -> float:
+    """Focal-InfoNCE's hardness m as a float; a one-line ConfigError unless 0 <= m < 1."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise ConfigError(
+            f"margin must be a number in [0, 1) (got {margin!r}); the published value is 0.3"
+        )
+    return float(margin)
 
 
 def check_pair(z1: torch.Tensor, z2: torch.Tensor) -> None:

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from csekit.losses.cosine import check_pair, cosine_matrix
 
+BML_REDUCTIONS: tuple[str, ...] = ("all", "pairs")  # "all": the published mean over B x B
+
 
 def bidirectional_margin_loss(
     z1: torch.Tensor,

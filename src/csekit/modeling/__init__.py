@@ -1,2 +1,2 @@
-"""Building blocks of :class:`csekit.encoder.Encoder`: poolers, the ST folder format, model
+"""Building blocks of :class:`csekit.modeling.encoder.Encoder`: poolers, the ST folder format, model
 resolution, atomic directory writes and fast inference."""

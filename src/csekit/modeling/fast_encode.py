@@ -1,4 +1,4 @@
-"""Fast batched inference for :meth:`csekit.encoder.Encoder.encode`.
+"""Batch planning for :meth:`csekit.modeling.encoder.Encoder.encode` (fast batched inference).
 
 Where the time goes on a CPU is the backbone's matrix products, so the wins are in not
 computing what is thrown away: each unique sentence is tokenised once and encoded once; the
@@ -11,34 +11,11 @@ off with ``CSEKIT_CPU_FASTPATH=0``).
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
-from csekit.errors import ConfigError
-from csekit.modeling.cpu_fastpath import fastpath_enabled, fused_cpu_linears
-
-if TYPE_CHECKING:
-    from csekit.encoder import Encoder
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """Autocast for bf16/fp16 (fp16 only on CUDA); a null context for fp32."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type == "cpu":
-        raise ConfigError("precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int,
@@ -69,7 +46,21 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int,
     return batches
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def pad_batch(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token id lists to ``width``; returns (ids, attention mask), both int64.
+
+    Shape: len(rows) lists of <= width ids -> (n, width), (n, width).
+    """
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = row
+        mask[r, :len(row)] = 1
+    return ids, mask
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    """A tqdm bar on the main process only, never in CI; None when disabled."""
     from csekit.distributed import is_main_process
 
     if not enabled or os.environ.get("CI") or not is_main_process():
@@ -79,87 +70,3 @@ def _progress(total: int, enabled: bool) -> Any:
     except ImportError:  # pragma: no cover
         return None
     return tqdm(total=total, desc="encoding", unit="sent")
-
-
-def encode_sentences(
-    enc: Encoder,
-    sentences: Sequence[str] | Iterable[str],
-    *,
-    batch_size: int,
-    max_seq_len: int,
-    device: str | torch.device | None,
-    precision: str,
-    normalize: bool,
-    show_progress: bool,
-    max_tokens: int | None,
-) -> torch.Tensor:
-    """See :meth:`Encoder.encode`. Shape: N sentences -> (N, H) float32 CPU."""
-    if isinstance(sentences, str):
-        raise ConfigError("encode() takes a list of sentences, not a single string")
-    sentences = list(sentences)
-    for i, s in enumerate(sentences):
-        if not isinstance(s, str):
-            raise ConfigError(f"sentence {i} is a {type(s).__name__}, not a str")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    if max_seq_len < 2:
-        raise ConfigError(f"max sequence length must be >= 2, got {max_seq_len}")
-    dev = torch.device(device) if device is not None else enc.device
-    ctx = autocast_context(dev, precision)
-    if dev != enc.device:
-        enc.to(dev)
-
-    index: dict[str, int] = {}
-    inverse = np.fromiter((index.setdefault(s, len(index)) for s in sentences),
-                          dtype=np.int64, count=len(sentences))
-    unique = list(index)
-    hidden = enc.hidden_size
-    if not unique:
-        return torch.empty(0, hidden, dtype=torch.float32)
-
-    tok = enc.tokenizer
-    want_tt = "token_type_ids" in getattr(tok, "model_input_names", ())
-    encoded = tok(unique, truncation=True, max_length=max_seq_len, padding=False,
-                  return_attention_mask=False, return_token_type_ids=want_tt)
-    ids_list: list[list[int]] = encoded["input_ids"]
-    tt_list: list[list[int]] | None = encoded.get("token_type_ids") if want_tt else None
-    if tt_list is not None and not any(any(t) for t in tt_list):
-        tt_list = None  # all zeros: the backbone's default, no need to build and pass them
-    lengths = np.fromiter(map(len, ids_list), dtype=np.int64, count=len(unique))
-    budget = max_tokens if max_tokens is not None else batch_size * 32
-    batches = plan_batches(lengths, batch_size, max(budget, 1))
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-
-    out = torch.empty(len(unique), hidden, dtype=torch.float32)
-    was_training = enc.training
-    enc.eval()
-    bar = _progress(len(unique), show_progress)
-    # (the native backend fuses its own linear layers; this patches a transformers model's)
-    use_fast = (dev.type == "cpu" and precision == "fp32" and enc.backend == "hf"
-                and fastpath_enabled())
-    fast = fused_cpu_linears(enc.backbone) if use_fast else contextlib.nullcontext()
-    try:
-        with torch.inference_mode(), ctx, fast:
-            for idx in batches:
-                width = int(lengths[idx[0]])
-                ids = np.full((len(idx), width), pad_id, dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                tts = np.zeros((len(idx), width), dtype=np.int64) if tt_list is not None else None
-                for row, j in enumerate(idx):
-                    n = int(lengths[j])
-                    ids[row, :n] = ids_list[j]
-                    mask[row, :n] = 1
-                    if tts is not None and tt_list is not None:
-                        tts[row, :n] = tt_list[j]
-                emb = enc(torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev),
-                          torch.from_numpy(tts).to(dev) if tts is not None else None)
-                out[torch.from_numpy(idx)] = emb.float().cpu()
-                if bar is not None:
-                    bar.update(len(idx))
-    finally:
-        if bar is not None:
-            bar.close()
-        enc.train(was_training)
-    if normalize:
-        out = F.normalize(out, dim=-1)
-    return out[torch.from_numpy(inverse)]

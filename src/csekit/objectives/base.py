@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from csekit.distributed import gather_with_grad
-from csekit.errors import ConfigError
 from csekit.losses.cosine import cosine_matrix
 
 
@@ -82,17 +81,4 @@ class Objective(nn.Module):
         return pos, neg
 
 
-def check_temperature(temperature: float) -> float:
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ConfigError(
-            f"temperature must be a number > 0 (got {temperature!r}); the published value is 0.05"
-        )
-    return float(temperature)
-
-
-def check_margin(margin: float) -> float:
-    if not isinstance(margin, (int, float)) or not 0 <= margin < 1:
-        raise ConfigError(
-            f"margin must be a number in [0, 1) (got {margin!r}); the published value is 0.3"
-        )
-    return float(margin)
+__all__ = ["Objective", "ObjectiveOutput", "read_scalars"]

@@ -11,13 +11,18 @@ import torch
 
 from csekit import distributed as dist
 from csekit.clustering import ClusterState, false_negative_mask, nearest_two
+from csekit.clustering.state import INIT_METHODS
+from csekit.clustering.update import UPDATE_RULES
 from csekit.errors import ConfigError
 from csekit.losses import bidirectional_margin_loss, cosine_matrix, focal_info_nce, info_nce
-from csekit.objectives.base import Objective, ObjectiveOutput, check_margin, check_temperature
+from csekit.losses.cosine import check_margin, check_temperature
+from csekit.losses.margin import BML_REDUCTIONS
+from csekit.objectives.base import Objective, ObjectiveOutput
 
 logger = logging.getLogger(__name__)
 
 LossKind = Literal["infonce", "focal"]
+LOSS_KINDS: tuple[str, ...] = ("infonce", "focal")
 
 
 @dataclass
@@ -147,7 +152,7 @@ class ClusterNS(Objective):
     ) -> None:
         super().__init__()
         self.temperature = check_temperature(temperature)
-        if loss not in ("infonce", "focal"):
+        if loss not in LOSS_KINDS:
             raise ConfigError(f"loss={loss!r} is not known; use 'infonce' or 'focal'")
         self.loss = loss
         self.margin = check_margin(margin) if loss == "focal" else float(margin)
@@ -177,18 +182,12 @@ class ClusterNS(Objective):
         for key, val in (("alpha", alpha), ("beta", beta)):
             if not isinstance(val, (int, float)) or not math.isfinite(val):
                 raise ConfigError(f"{key} must be a finite number (got {val!r})")
-        if update_rule not in ("sum", "mean"):
-            raise ConfigError(
-                f"update_rule={update_rule!r} is not known; use 'sum' (published) or 'mean'"
-            )
-        if bml_reduction not in ("all", "pairs"):
-            raise ConfigError(
-                f"bml_reduction={bml_reduction!r} is not known; use 'all' (published) or 'pairs'"
-            )
-        if init not in ("greedy_chain", "kmeans++"):
-            raise ConfigError(
-                f"init={init!r} is not known; use 'greedy_chain' (published) or 'kmeans++'"
-            )
+        for key, val, allowed in (("update_rule", update_rule, UPDATE_RULES),
+                                  ("bml_reduction", bml_reduction, BML_REDUCTIONS),
+                                  ("init", init, INIT_METHODS)):
+            if val not in allowed:
+                raise ConfigError(f"{key}={val!r} is not known; use one of "
+                                  f"{', '.join(allowed)} (the first is the published one)")
         self.n_clusters = n_clusters
         self.kmeans_lr = float(kmeans_lr)
         self.kmeans_start_cosine = float(kmeans_start_cosine)

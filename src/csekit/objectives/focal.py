@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from csekit.losses import focal_info_nce
-from csekit.objectives.base import Objective, ObjectiveOutput, check_margin, check_temperature
+from csekit.losses.cosine import check_margin, check_temperature
+from csekit.objectives.base import Objective, ObjectiveOutput
 
 
 class FocalInfoNCE(Objective):

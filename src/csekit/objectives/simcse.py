@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from csekit.losses import info_nce
-from csekit.objectives.base import Objective, ObjectiveOutput, check_temperature
+from csekit.losses.cosine import check_temperature
+from csekit.objectives.base import Objective, ObjectiveOutput
 
 
 class SimCSE(Objective):

@@ -1,9 +1,11 @@
 """``TrainConfig``: every option of ``csekit train``, loaded from YAML and overridden by flags.
 
-Defaults are the published ones (``REFERENCE.md``): SimCSE unsupervised on BERT-base (batch 64,
-lr 3e-5, T 0.05, max_seq_len 32, 1 epoch, no warm-up, seed 42, STS-B dev every 125 steps) and
-the ClusterNS / Focal-InfoNCE hyper-parameters (k 128, kmeans_lr 1e-3, start cosine 0.4,
-bml_weight 1e-4, alpha 0.2, beta 0.5, margin 0.3).
+Defaults are the published ones (``REFERENCE.md``): SimCSE's protocol (T 0.05, max_seq_len 32,
+1 epoch, no warm-up, seed 42, STS-B dev every 125 steps). The options that differ between methods
+(batch, learning rate, k, kmeans_lr, start cosine, BML weights, margin) default to ``None`` here
+and take the chosen objective's published values from the one table
+:data:`csekit.objectives.defaults.PUBLISHED_DEFAULTS` (:meth:`TrainConfig.resolved`); an
+option given in a recipe or on the command line always wins.
 
 Relative paths (model, train_file, data_dir, output_dir) are used as given, i.e. they resolve
 against the current working directory of the process, not against the YAML file's folder.
@@ -12,25 +14,33 @@ against the current working directory of the process, not against the YAML file'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from csekit.clustering.state import INIT_METHODS as CLUSTER_INITS
+from csekit.clustering.update import UPDATE_RULES as CENTROID_UPDATES
+from csekit.data.corpus import ON_BAD_LINE
 from csekit.errors import ConfigError
+from csekit.losses.margin import BML_REDUCTIONS
+from csekit.modeling.pooling import MLP_MODES, POOLERS
+from csekit.objectives.defaults import PUBLISHED_DEFAULTS, objective_defaults
+from csekit.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ("simcse", "focal", "clusterns", "clusterns-focal")
-POOLERS = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
-MLP_MODES = ("train", "always", "none")
-PRECISIONS = ("fp32", "bf16", "fp16")
-CENTROID_UPDATES = ("sum", "mean")
-BML_REDUCTIONS = ("all", "pairs")
-CLUSTER_INITS = ("greedy_chain", "kmeans++")
-ON_BAD_LINE = ("error", "skip")
+OBJECTIVES: tuple[str, ...] = tuple(PUBLISHED_DEFAULTS)
+# The options whose default depends on the objective (None until resolved()).
+OBJECTIVE_DEPENDENT: tuple[str, ...] = (
+    "batch_size", "learning_rate", "temperature", "margin", "n_clusters", "kmeans_lr",
+    "kmeans_start_cosine", "bml_weight", "bml_alpha", "bml_beta",
+)
 
 
 @dataclass
@@ -55,14 +65,15 @@ class TrainConfig:
     trust_remote_code: bool = False
     max_seq_len: int = 32
     # --- objective hyper-parameters
-    temperature: float = 0.05
-    margin: float = 0.3  # Focal-InfoNCE hardness m
-    n_clusters: int = 128
-    kmeans_lr: float = 1e-3
-    kmeans_start_cosine: float = 0.4
-    bml_weight: float = 1e-4
-    bml_alpha: float = 0.2
-    bml_beta: float = 0.5
+    # (None: the objective's published default, csekit.objectives.defaults)
+    temperature: float | None = None
+    margin: float | None = None  # Focal-InfoNCE hardness m
+    n_clusters: int | None = None
+    kmeans_lr: float | None = None
+    kmeans_start_cosine: float | None = None
+    bml_weight: float | None = None
+    bml_alpha: float | None = None
+    bml_beta: float | None = None
     hard_negatives: bool = True
     centroid_update: str = "sum"  # "sum" as the released ClusterNS code; "mean" as textbook
     bml_reduction: str = "all"  # "all": mean over all B x B entries (published); "pairs"
@@ -71,8 +82,8 @@ class TrainConfig:
     dedup: bool = False
     on_bad_line: str = "error"
     # --- optimisation
-    batch_size: int = 64
-    learning_rate: float = 3e-5
+    batch_size: int | None = None  # None: the objective's published default
+    learning_rate: float | None = None
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -139,6 +150,33 @@ class TrainConfig:
                 data[key] = value
         return TrainConfig.from_dict(data, source="command line")
 
+    def resolved(self) -> TrainConfig:
+        """A copy where every objective-dependent option left unset (None) takes the chosen
+        objective's published default (:func:`csekit.objectives.defaults.objective_defaults`)."""
+        _choice("objective", self.objective, OBJECTIVES)
+        table = objective_defaults(self.objective)
+        return dataclasses.replace(self, **{k: table[k] for k in OBJECTIVE_DEPENDENT
+                                            if getattr(self, k) is None})
+
+    def defaulted_options(self) -> dict[str, Any]:
+        """The objective-dependent options this (unresolved) config leaves to the table."""
+        table = objective_defaults(self.objective)
+        return {k: table[k] for k in OBJECTIVE_DEPENDENT if getattr(self, k) is None}
+
+    def effective_summary(self) -> str:
+        """One line of the settings that define the run, for the start of a training log."""
+        cfg = self.resolved()
+        keys = ["objective", "model", "batch_size", "learning_rate", "temperature", "pooler",
+                "mlp", "max_seq_len", "precision"]
+        if cfg.objective in ("focal", "clusterns-focal"):
+            keys.append("margin")
+        if cfg.uses_clusters:
+            keys += ["n_clusters", "kmeans_lr", "kmeans_start_cosine", "bml_weight",
+                     "bml_alpha", "bml_beta"]
+        from_table = set(self.defaulted_options())
+        return ", ".join(f"{k}={getattr(cfg, k)}" + ("*" if k in from_table else "")
+                         for k in keys) + "  (* = the objective's published default)"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -151,91 +189,83 @@ class TrainConfig:
         return self.objective in ("clusterns", "clusterns-focal")
 
     def objective_hparams(self) -> dict[str, Any]:
-        """Keyword arguments for ``csekit.objectives.build_objective``."""
-        hp: dict[str, Any] = {"temperature": self.temperature}
+        """Keyword arguments for ``csekit.objectives.build_objective`` (resolved values)."""
+        cfg = self.resolved()
+        hp: dict[str, Any] = {"temperature": cfg.temperature}
         if self.objective in ("focal", "clusterns-focal"):
-            hp["margin"] = self.margin
+            hp["margin"] = cfg.margin
         if self.uses_clusters:
-            hp.update(n_clusters=self.n_clusters, kmeans_lr=self.kmeans_lr,
-                      kmeans_start_cosine=self.kmeans_start_cosine, bml_weight=self.bml_weight,
-                      alpha=self.bml_alpha, beta=self.bml_beta,
+            hp.update(n_clusters=cfg.n_clusters, kmeans_lr=cfg.kmeans_lr,
+                      kmeans_start_cosine=cfg.kmeans_start_cosine, bml_weight=cfg.bml_weight,
+                      alpha=cfg.bml_alpha, beta=cfg.bml_beta,
                       hard_negatives=self.hard_negatives, update_rule=self.centroid_update,
                       bml_reduction=self.bml_reduction, init=self.cluster_init, seed=self.seed)
         return hp
 
     # ------------------------------------------------------------------ validation
     def validate(self, *, world_size: int = 1) -> None:
-        """Raise :class:`ConfigError` (one line) for contradictory or out-of-range options."""
+        """Raise :class:`ConfigError` (one line) for contradictory or out-of-range options.
+
+        Checks the resolved values. The objective's own hyper-parameters (temperature, margin,
+        k, kmeans_lr, ...) are checked where they are defined, by building the objective
+        (cheap: no model); only options that combine several settings are checked here.
+        """
+        from csekit.objectives import build_objective
+
         _choice("objective", self.objective, OBJECTIVES)
-        _choice("pooler", self.pooler, POOLERS)
-        _choice("mlp", self.mlp, MLP_MODES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("centroid_update", self.centroid_update, CENTROID_UPDATES)
-        _choice("on_bad_line", self.on_bad_line, ON_BAD_LINE)
-        _choice("bml_reduction", self.bml_reduction, BML_REDUCTIONS)
-        _choice("cluster_init", self.cluster_init, CLUSTER_INITS)
-        if not self.train_file:
+        cfg = self.resolved()
+        _choice("pooler", cfg.pooler, POOLERS)
+        _choice("mlp", cfg.mlp, MLP_MODES)
+        _choice("precision", cfg.precision, PRECISIONS)
+        _choice("centroid_update", cfg.centroid_update, CENTROID_UPDATES)
+        _choice("on_bad_line", cfg.on_bad_line, ON_BAD_LINE)
+        _choice("bml_reduction", cfg.bml_reduction, BML_REDUCTIONS)
+        _choice("cluster_init", cfg.cluster_init, CLUSTER_INITS)
+        if not cfg.train_file:
             raise ConfigError("no training corpus: give --train-file FILE (one sentence a line)")
-        _positive("batch_size", self.batch_size)
-        _positive("max_seq_len", self.max_seq_len)
-        _positive("eval_steps", self.eval_steps)
-        _positive("grad_accum_steps", self.grad_accum_steps)
-        _positive("epochs", self.epochs)
-        _positive("logging_steps", self.logging_steps)
-        _positive("eval_batch_size", self.eval_batch_size)
-        if self.max_steps is not None:
-            _positive("max_steps", self.max_steps)
-        if self.save_steps is not None:
-            _positive("save_steps", self.save_steps)
-        if self.save_total_limit < 1:
+        for name in ("batch_size", "max_seq_len", "eval_steps", "grad_accum_steps", "epochs",
+                     "logging_steps", "eval_batch_size"):
+            _positive(name, getattr(cfg, name))
+        if cfg.max_steps is not None:
+            _positive("max_steps", cfg.max_steps)
+        if cfg.save_steps is not None:
+            _positive("save_steps", cfg.save_steps)
+        if cfg.save_total_limit < 1:
             raise ConfigError("save_total_limit must be >= 1 (the last checkpoint is needed "
                               "to resume)")
-        if self.batch_size < 2:
+        if cfg.batch_size < 2:
             raise ConfigError("batch_size must be >= 2: contrastive training needs in-batch "
                               "negatives")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.warmup_steps and self.warmup_ratio:
+        if not cfg.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {cfg.learning_rate}")
+        if cfg.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+        if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
+        if not 0.0 <= cfg.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+        if cfg.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+        if cfg.warmup_steps and cfg.warmup_ratio:
             raise ConfigError("give warmup_steps or warmup_ratio, not both")
-        if self.max_grad_norm is not None and self.max_grad_norm < 0:
-            raise ConfigError(f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"patience must be >= 1 evaluations (or unset), got {self.patience}")
-        if self.patience is not None and not self.data_dir:
+        if cfg.max_grad_norm is not None and cfg.max_grad_norm < 0:
+            raise ConfigError(f"max_grad_norm must be >= 0, got {cfg.max_grad_norm}")
+        if cfg.patience is not None and cfg.patience < 1:
+            raise ConfigError(f"patience must be >= 1 evaluations (or unset), got {cfg.patience}")
+        if cfg.patience is not None and not cfg.data_dir:
             raise ConfigError("patience (early stopping) needs STS-B dev: give --data-dir")
-        if self.batch_size % world_size:
-            raise ConfigError(f"batch_size {self.batch_size} (global) is not divisible by the "
+        if cfg.batch_size % world_size:
+            raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
                               f"{world_size} processes; pick a multiple of {world_size}")
-        if self.objective == "focal" and not 0 <= self.margin < 1:
-            raise ConfigError(f"margin must be in [0, 1), got {self.margin}")
-        if self.uses_clusters:
-            _positive("n_clusters", self.n_clusters)
-            if self.n_clusters > self.batch_size:
-                raise ConfigError(f"n_clusters {self.n_clusters} is larger than the global batch "
-                                  f"{self.batch_size}: centroids are initialised from one batch; "
+        build_objective(cfg.objective, **cfg.objective_hparams())  # the objective's own checks
+        if cfg.uses_clusters:
+            if cfg.n_clusters > cfg.batch_size:
+                raise ConfigError(f"n_clusters {cfg.n_clusters} is larger than the global batch "
+                                  f"{cfg.batch_size}: centroids are initialised from one batch; "
                                   f"lower --n-clusters or raise --batch-size")
-            if self.hard_negatives and self.n_clusters < 2:
+            if cfg.hard_negatives and cfg.n_clusters < 2:
                 raise ConfigError("hard negatives need n_clusters >= 2 (the second-nearest "
                                   "centroid); use --no-hard-negatives or more clusters")
-            if not 0 < self.kmeans_lr <= 1:
-                raise ConfigError(f"kmeans_lr must be in (0, 1], got {self.kmeans_lr}")
-            if not -1.0 <= self.kmeans_start_cosine <= 1.0:
-                raise ConfigError(f"kmeans_start_cosine must be in [-1, 1], "
-                                  f"got {self.kmeans_start_cosine}")
-            if self.objective == "clusterns-focal" and not 0 <= self.margin < 1:
-                raise ConfigError(f"margin must be in [0, 1), got {self.margin}")
-            if self.bml_weight < 0:
-                raise ConfigError(f"bml_weight must be >= 0, got {self.bml_weight}")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -249,41 +279,64 @@ def _positive(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
-    """Check the YAML/CLI value against the field's default type (int, float, bool, str)."""
-    f = next(f for f in fields(cls) if f.name == key)
-    default = f.default if f.default is not dataclasses.MISSING else None
-    ann = str(f.type)
+    """Check a YAML / CLI value against the field's declared type (the dataclass annotation).
+
+    Accepted: the type itself; for int, a float with an integral value or an int string; for
+    float, an int or a numeric string (YAML 1.1 reads ``1e-5`` as a string); for bool,
+    true/false/yes/no/1/0 strings; None only for ``X | None`` fields.
+    """
+    tp = _field_types(cls)[key]
+    args = typing.get_args(tp)
+    optional = isinstance(tp, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), tp) if optional else tp
+    base = typing.get_origin(base) or base
     if value is None:
-        if "None" in ann:
+        if optional:
             return None
         raise ConfigError(f"{source}: option {key} cannot be empty")
     try:
-        if ann.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-                return value.lower() in ("true", "yes", "1")
-            raise ValueError
-        if ann.startswith("int") or ann == "int | None":
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            return int(value) if isinstance(value, (int, str)) else _fail()
-        if ann.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if ann.startswith("str"):
-            return str(value) if not isinstance(value, (dict, list)) else _fail()
-        if ann.startswith("dict"):
-            return dict(value)
-    except (TypeError, ValueError):
-        kind = ann.split(" ")[0]
-        raise ConfigError(f"{source}: option {key} expects {kind}, got {value!r}") from None
-    return value if default is None or value is not None else default
+        return _CONVERT[base](value)
+    except (TypeError, ValueError, KeyError):
+        raise ConfigError(f"{source}: option {key} expects {base.__name__}, got {value!r}") \
+            from None
 
 
-def _fail() -> Any:
-    raise ValueError
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _BOOL_STRINGS:
+        return _BOOL_STRINGS[value.lower()]
+    raise ValueError(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (int, str)):
+        return int(value)
+    raise ValueError(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, (bool, dict, list)):
+        raise ValueError(value)
+    return float(value)
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise ValueError(value)
+    return str(value)
+
+
+_BOOL_STRINGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+_CONVERT: dict[type, Any] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str,
+                             dict: dict}

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from csekit.atomic import atomic_write_text, fsync_dir
+from csekit.training.checkpoint import TrainerState
+from csekit.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from csekit.training.trainer import Trainer
+    from csekit.modeling.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -45,52 +47,104 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _encode_fn(trainer: Trainer):
-    enc = trainer.accelerator.unwrap_model(trainer.model)
-    enc.eval()
-    bs = trainer.config.eval_batch_size
-    device = trainer.accelerator.device
+class BestModelKeeper:
+    """Dev evaluation, the best model at the root of ``output_dir`` and the final test.
 
-    def encode(sentences: list[str]) -> torch.Tensor:
-        with torch.no_grad():
-            return enc.encode(sentences, batch_size=bs, device=device)
+    It needs only what it reads: the run's (resolved) config, its output folder, the device
+    to encode on and the number of processes; the encoder and the trainer state are passed
+    per call. Only the main process calls it.
+    """
 
-    return encode
+    def __init__(self, config: TrainConfig, output_dir: Path, *, device: torch.device,
+                 world_size: int) -> None:
+        self.config = config
+        self.root = Path(output_dir)
+        self.device = device
+        self.world_size = world_size
 
+    def _encode_fn(self, enc: Encoder):
+        bs = self.config.eval_batch_size
+        device = self.device
 
-def evaluate_dev(trainer: Trainer) -> float:
-    """STS-B dev Spearman x 100 of the current model (evaluation pooler)."""
-    from csekit.evaluation import evaluate_sts
+        def encode(sentences: list[str]) -> torch.Tensor:
+            with torch.no_grad():
+                return enc.encode(sentences, batch_size=bs, device=device)
 
-    res = evaluate_sts(_encode_fn(trainer), trainer.config.data_dir, tasks=["STSBenchmark"],
-                       split="dev")
-    trainer.model.train()
-    return float(res.spearman["STSBenchmark"])
+        return encode
 
+    def evaluate_dev(self, enc: Encoder) -> float:
+        """STS-B dev Spearman x 100 of ``enc`` (evaluation pooler); leaves it in train mode."""
+        from csekit.evaluation import evaluate_sts
 
-def _metadata(trainer: Trainer, score: float | None,
-              test: dict[str, Any] | None = None) -> dict[str, Any]:
-    cfg = trainer.config
-    st = trainer.state
-    return {
-        "training_config": cfg.to_dict(),
-        "objective": {"name": cfg.objective, **cfg.objective_hparams()},
-        "versions": versions(),
-        "step": st.step,
-        "dev": {"stsb_spearman": score, "step": st.step, "history": list(st.history)},
-        "test": test,
-        "world_size": trainer.world,
-    }
+        enc.eval()
+        try:
+            res = evaluate_sts(self._encode_fn(enc), self.config.data_dir,
+                               tasks=["STSBenchmark"], split="dev")
+        finally:
+            enc.train()
+        return float(res.spearman["STSBenchmark"])
 
+    def metadata(self, state: TrainerState, score: float | None,
+                 test: dict[str, Any] | None = None) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "training_config": cfg.to_dict(),
+            "objective": {"name": cfg.objective, **cfg.objective_hparams()},
+            "versions": versions(),
+            "step": state.step,
+            "dev": {"stsb_spearman": score, "step": state.step, "history": list(state.history)},
+            "test": test,
+            "world_size": self.world_size,
+        }
 
-def save_best(trainer: Trainer, *, score: float | None) -> None:
-    """Save the current model as the best one at the root of ``output_dir`` (main process)."""
-    enc = trainer.accelerator.unwrap_model(trainer.model)
-    root = trainer.output_dir
-    enc.save(root / STAGING, metadata=_metadata(trainer, score))
-    commit_best(root)
-    logger.info("best model saved to %s (STS-B dev %s)", root,
-                "n/a" if score is None else f"{score:.2f}")
+    def save(self, enc: Encoder, state: TrainerState, *, score: float | None) -> None:
+        """Save ``enc`` as the best model at the root of ``output_dir``."""
+        enc.save(self.root / STAGING, metadata=self.metadata(state, score))
+        commit_best(self.root)
+        logger.info("best model saved to %s (STS-B dev %s)", self.root,
+                    "n/a" if score is None else f"{score:.2f}")
+
+    def final_test(self, state: TrainerState) -> dict[str, Any] | None:
+        """7-task STS test of the best model at the root; table printed, ``results.json``
+        written, and the test results added to the model's own ``csekit.json``."""
+        from csekit.evaluation import TASKS, evaluate_sts
+        from csekit.modeling.encoder import Encoder
+
+        root = self.root
+        if not (root / "modules.json").exists():
+            logger.warning("no best model in %s: final test skipped", root)
+            return None
+        cfg = self.config
+        best = Encoder.from_pretrained(str(root))
+        device = self.device
+        best.to(device)
+        best.eval()
+
+        def encode(sentences: list[str]) -> torch.Tensor:
+            with torch.no_grad():
+                return best.encode(sentences, batch_size=cfg.eval_batch_size, device=device)
+
+        tasks = available_test_tasks(cfg.data_dir)
+        if not tasks:
+            logger.warning("no STS test files under %s: final test skipped", cfg.data_dir)
+            return None
+        if len(tasks) < len(TASKS):
+            logger.warning("STS test files missing for %s: evaluating %s only",
+                           ", ".join(t for t in TASKS if t not in tasks), ", ".join(tasks))
+        res = evaluate_sts(encode, cfg.data_dir, tasks=tasks, split="test")
+        table = res.table()
+        print(f"\nSTS test (Spearman x 100) of the best model, {root}:\n{table}", flush=True)
+        test = res.to_dict()
+        results = {"best_step": state.best_step, "stsb_dev": state.best_score,
+                   "test": test, "steps": state.step, "versions": versions()}
+        atomic_write_text(root / "results.json", json.dumps(results, indent=1))
+        # Re-save the best model so its own metadata carries the test results.
+        meta = json.loads((root / "csekit.json").read_text(encoding="utf-8")) \
+            if (root / "csekit.json").exists() else {}
+        meta["test"] = test
+        best.save(root / STAGING, metadata=meta)
+        commit_best(root)
+        return test
 
 
 def commit_best(root: Path) -> None:
@@ -158,45 +212,3 @@ def available_test_tasks(data_dir: str | None) -> list[str]:
         if ok:
             found.append(task)
     return found
-
-
-def final_test(trainer: Trainer) -> dict[str, Any] | None:
-    """7-task STS test of the best model at the root; table printed, ``results.json`` written."""
-    from csekit.encoder import Encoder
-    from csekit.evaluation import TASKS, evaluate_sts
-
-    root = trainer.output_dir
-    if not (root / "modules.json").exists():
-        logger.warning("no best model in %s: final test skipped", root)
-        return None
-    cfg = trainer.config
-    best = Encoder.from_pretrained(str(root))
-    device = trainer.accelerator.device
-    best.to(device)
-    best.eval()
-
-    def encode(sentences: list[str]) -> torch.Tensor:
-        with torch.no_grad():
-            return best.encode(sentences, batch_size=cfg.eval_batch_size, device=device)
-
-    tasks = available_test_tasks(cfg.data_dir)
-    if not tasks:
-        logger.warning("no STS test files under %s: final test skipped", cfg.data_dir)
-        return None
-    if len(tasks) < len(TASKS):
-        logger.warning("STS test files missing for %s: evaluating %s only",
-                       ", ".join(t for t in TASKS if t not in tasks), ", ".join(tasks))
-    res = evaluate_sts(encode, cfg.data_dir, tasks=tasks, split="test")
-    table = res.table()
-    print(f"\nSTS test (Spearman x 100) of the best model, {root}:\n{table}", flush=True)
-    test = res.to_dict()
-    results = {"best_step": trainer.state.best_step, "stsb_dev": trainer.state.best_score,
-               "test": test, "steps": trainer.state.step, "versions": versions()}
-    atomic_write_text(root / "results.json", json.dumps(results, indent=1))
-    # Re-save the best model so its own metadata carries the test results.
-    meta = json.loads((root / "csekit.json").read_text(encoding="utf-8")) \
-        if (root / "csekit.json").exists() else {}
-    meta["test"] = test
-    best.save(root / STAGING, metadata=meta)
-    commit_best(root)
-    return test

@@ -43,7 +43,7 @@ from csekit.training.checkpoint import (
 )
 from csekit.training.config import TrainConfig
 from csekit.training.metrics import MetricsLogger
-from csekit.training.model_io import evaluate_dev, final_test, recover_best, save_best
+from csekit.training.model_io import BestModelKeeper, recover_best
 from csekit.training.rng import get_rng_state, seed_everything, set_rng_state
 from csekit.training.signals import StopSignal
 
@@ -81,10 +81,11 @@ class Trainer:
     """``Trainer(config).train()``: one run, resumable, on one or many processes."""
 
     def __init__(self, config: TrainConfig) -> None:
+        given = config
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
-        self.config = config
+        self.config = config = config.resolved()
         if config.precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
         kwargs = dict(
@@ -114,8 +115,12 @@ class Trainer:
         config.validate(world_size=self.world)
         self.output_dir = Path(config.output_dir)
         self._check_paths()
+        if self.is_main:
+            logger.info("effective settings: %s", given.effective_summary())
         seed_everything(config.seed)
         self._build()
+        self.keeper = BestModelKeeper(config, self.output_dir, device=self.accelerator.device,
+                                      world_size=self.world)
 
     # ------------------------------------------------------------------ set-up
     def _check_paths(self) -> None:
@@ -139,7 +144,7 @@ class Trainer:
                               f"--resume to continue that run or choose another directory")
 
     def _build(self) -> None:
-        from csekit.encoder import Encoder
+        from csekit.modeling.encoder import Encoder
         from csekit.objectives import build_objective
 
         cfg = self.config
@@ -284,9 +289,9 @@ class Trainer:
         result.best_score, result.best_step = self.state.best_score, self.state.best_step
         if result.stopped != "interrupted" and self.is_main:
             if cfg.data_dir is None:
-                save_best(self, score=None)
+                self.keeper.save(self._unwrapped(), self.state, score=None)
             if cfg.data_dir is not None and cfg.final_test:
-                result.test = final_test(self)
+                result.test = self.keeper.final_test(self.state)
         D.barrier()
         return result
 
@@ -352,6 +357,10 @@ class Trainer:
                             self.state.best_score or float("nan"), self.state.best_step)
                 break
         bar.close()
+
+    def _unwrapped(self) -> Any:
+        """The Encoder under Accelerate's wrappers."""
+        return self.accelerator.unwrap_model(self.model)
 
     def _any(self, flag: bool) -> bool:
         """True when ``flag`` is set on any process (all processes must take the same branch)."""
@@ -427,7 +436,7 @@ class Trainer:
                                 f"{step}: training diverged; lower --learning-rate")
 
     def _evaluate(self, metrics: MetricsLogger) -> None:
-        score = evaluate_dev(self) if self.is_main else 0.0
+        score = self.keeper.evaluate_dev(self._unwrapped()) if self.is_main else 0.0
         t = torch.tensor([score], dtype=torch.float64, device=self.accelerator.device)
         score = float(D.broadcast_(t).item())
         st = self.state
@@ -436,7 +445,7 @@ class Trainer:
             st.best_score, st.best_step = score, st.step
             st.evals_without_improvement = 0
             if self.is_main:
-                save_best(self, score=score)
+                self.keeper.save(self._unwrapped(), st, score=score)
         else:
             st.evals_without_improvement += 1
         st.history.append({"step": st.step, "stsb_dev": score})

@@ -17,22 +17,26 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from csekit.atomic import atomic_dir
 from csekit.errors import ConfigError, ModelLoadError
+from csekit.modeling.cpu_fastpath import fastpath_enabled, fused_cpu_linears
+from csekit.modeling.fast_encode import pad_batch, plan_batches, progress_bar
 from csekit.modeling.pooling import HIDDEN_STATE_POOLERS, MLP_MODES, POOLERS, MLPHead, pool_tokens
 from csekit.modeling.resolve import check_transformer_dir, resolve_model_dir
 from csekit.modeling.st_format import read_st_modules, write_st_modules
+from csekit.precision import autocast_context
 
 logger = logging.getLogger(__name__)
 
 CSEKIT_META = "csekit.json"
 HEAD_FILE = "csekit_head.safetensors"
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("hf", "native", "auto")
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
                  "attention_dropout", "hidden_dropout", "attention_probs_dropout")
@@ -225,13 +229,71 @@ class Encoder(nn.Module):
 
         Shape: N sentences -> (N, H) float32 on the CPU.
         """
-        from csekit.modeling.fast_encode import encode_sentences
+        if isinstance(sentences, str):
+            raise ConfigError("encode() takes a list of sentences, not a single string")
+        sentences = list(sentences)
+        for i, s in enumerate(sentences):
+            if not isinstance(s, str):
+                raise ConfigError(f"sentence {i} is a {type(s).__name__}, not a str")
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        max_seq_len = max_seq_len or self.max_seq_len
+        if max_seq_len < 2:
+            raise ConfigError(f"max sequence length must be >= 2, got {max_seq_len}")
+        normalize = self.normalize if normalize is None else normalize
+        dev = torch.device(device) if device is not None else self.device
+        ctx = autocast_context(dev, precision)
+        if dev != self.device:
+            self.to(dev)
 
-        return encode_sentences(
-            self, sentences, batch_size=batch_size, max_seq_len=max_seq_len or self.max_seq_len,
-            device=device, precision=precision,
-            normalize=self.normalize if normalize is None else normalize,
-            show_progress=show_progress, max_tokens=max_tokens)
+        index: dict[str, int] = {}
+        inverse = np.fromiter((index.setdefault(s, len(index)) for s in sentences),
+                              dtype=np.int64, count=len(sentences))
+        unique = list(index)
+        if not unique:
+            return torch.empty(0, self.hidden_size, dtype=torch.float32)
+
+        tok = self.tokenizer
+        want_tt = "token_type_ids" in getattr(tok, "model_input_names", ())
+        encoded = tok(unique, truncation=True, max_length=max_seq_len, padding=False,
+                      return_attention_mask=False, return_token_type_ids=want_tt)
+        ids_list: list[list[int]] = encoded["input_ids"]
+        tt_list: list[list[int]] | None = encoded.get("token_type_ids") if want_tt else None
+        if tt_list is not None and not any(any(t) for t in tt_list):
+            tt_list = None  # all zeros: the backbone's default, no need to build and pass them
+        lengths = np.fromiter(map(len, ids_list), dtype=np.int64, count=len(unique))
+        budget = max_tokens if max_tokens is not None else batch_size * 32
+        batches = plan_batches(lengths, batch_size, max(budget, 1))
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+        out = torch.empty(len(unique), self.hidden_size, dtype=torch.float32)
+        was_training = self.training
+        self.eval()
+        bar = progress_bar(len(unique), show_progress)
+        # (the native backend fuses its own linear layers; this patches a transformers model's)
+        use_fast = (dev.type == "cpu" and precision == "fp32" and self.backend == "hf"
+                    and fastpath_enabled())
+        fast = fused_cpu_linears(self.backbone) if use_fast else contextlib.nullcontext()
+        try:
+            with torch.inference_mode(), ctx, fast:
+                for idx in batches:
+                    width = int(lengths[idx[0]])
+                    ids, mask = pad_batch([ids_list[j] for j in idx], width, pad_id)
+                    tts = None
+                    if tt_list is not None:
+                        tts, _ = pad_batch([tt_list[j] for j in idx], width, 0)
+                    emb = self(torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev),
+                               torch.from_numpy(tts).to(dev) if tts is not None else None)
+                    out[torch.from_numpy(idx)] = emb.float().cpu()
+                    if bar is not None:
+                        bar.update(len(idx))
+        finally:
+            if bar is not None:
+                bar.close()
+            self.train(was_training)
+        if normalize:
+            out = F.normalize(out, dim=-1)
+        return out[torch.from_numpy(inverse)]
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None) -> None:
