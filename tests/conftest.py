@@ -6,6 +6,7 @@ Tests never download anything: HF_HUB_OFFLINE is forced here as well as in CI.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Corpus indexes of the tests go to a throw-away folder, not to ~/.cache/csekit.
+os.environ.setdefault("CSEKIT_CACHE", tempfile.mkdtemp(prefix="csekit-test-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
