@@ -70,6 +70,8 @@ class TrainConfig:
     # --- data
     dedup: bool = False
     on_bad_line: str = "error"
+    # --- data formats (#13)
+    text_column: str | None = None  # JSONL/CSV/Parquet/datasets column; None: the unambiguous one
     # --- optimisation
     batch_size: int = 64
     learning_rate: float = 3e-5
