@@ -186,8 +186,6 @@ def build_columns(sources: list[Source], columns: tuple[str, ...], folder: Path,
     finally:
         for f in data_files + off_files:
             f.close()
-    bad.count and logger.warning("skipped %d bad rows (first: %s)", bad.count,
-                                 "; ".join(w for w in bad.where[:3] if w))
     keep = dd.keep_mask() if dd is not None else None
     for j in range(len(columns)):
         _to_npy(folder / f"col-{j}.off.bin", folder / f"col-{j}.off.npy", None, 0, n_cand + 1)

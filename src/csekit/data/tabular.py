@@ -374,6 +374,11 @@ def clean_column(arr, *, max_chars: int, min_chars: int, column: str  # noqa: AN
     status = np.zeros(n, dtype=np.uint8)
     problems: dict[int, str] = {}
     null = arr.is_null().to_numpy(zero_copy_only=False)
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        try:  # a JSON or Arrow string column is not always valid UTF-8
+            arr.validate(full=True)
+        except pa.ArrowInvalid:
+            arr = arr.cast(pa.large_binary())
     if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
         try:
             arr = arr.cast(pa.large_string())
@@ -399,7 +404,7 @@ def clean_column(arr, *, max_chars: int, min_chars: int, column: str  # noqa: AN
     nul = pc.fill_null(pc.match_substring(arr, "\x00"), False).to_numpy(zero_copy_only=False)
     for i in np.flatnonzero(nul).tolist():
         problems.setdefault(i, f"column {column!r}: NUL character in the text")
-    chars = pc.fill_null(pc.utf8_length(trimmed), 0).to_numpy(zero_copy_only=False)
+    chars = pc.fill_null(pc.utf8_length(trimmed), 0).to_numpy(zero_copy_only=False).copy()
     edge = pc.fill_null(pc.match_substring_regex(trimmed, r"^[^\x00-\x7f]|[^\x00-\x7f]$"),
                         False).to_numpy(zero_copy_only=False)
     slow = np.flatnonzero((edge | (chars > max_chars)) & ~null)
