@@ -370,3 +370,61 @@ def test_encode_writes_one_row_per_input_row(fmt: str, files: dict[str, Path], t
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert not list(tmp_path.glob(".e.tmp*"))
+
+
+# ---------------------------------------------------------------- the vectorised scan
+def test_scan_equals_the_per_line_reader(tmp_path: Path) -> None:
+    """Status, cleaned text and hash of every line from the numpy scan (fast and exact paths)
+    equal the per-line reader's (reading.iter_lines) on random lines built to hit every rule."""
+    import io
+    import random
+
+    from csekit.data.hashing import hash_strings
+    from csekit.data.reading import iter_lines
+    from csekit.data.textscan import BAD, BLANK, KEPT, SHORT, scan_lines
+
+    rng = random.Random(5)
+    alphabet = ["a", "b", " ", "\t", "\r", "\x1c", "é", "€", "\u3000", "\xa0", "\ufeff", "\x00",
+                "\u2028", "z"]
+    lines = []
+    for _ in range(3000):
+        k = rng.choice([0, 1, 2, 3, 5, 12, 40])
+        line = "".join(rng.choice(alphabet[:2] + alphabet[-1:] if rng.random() < 0.6 else alphabet)
+                       for _ in range(k))
+        lines.append(line)
+    raw = "\n".join(lines).encode("utf-8")
+    raw = raw.replace(b"zz", b"\xff")  # some invalid UTF-8 too
+    path = _write(tmp_path / "r.txt", raw)
+    max_chars, min_chars = 9, 2
+    expected = []
+    for ln in iter_lines(path, max_chars=max_chars):
+        if ln.text is None:
+            expected.append((BAD, None))
+        elif not ln.text:
+            expected.append((BLANK, None))
+        elif len(ln.text) < min_chars:
+            expected.append((SHORT, None))
+        else:
+            expected.append((KEPT, ln.text))
+    got: list[tuple[int, str | None]] = []
+    hashes = []
+    for blk in scan_lines(io.BytesIO(raw), max_chars=max_chars, min_chars=min_chars,
+                          block_bytes=4096):
+        texts = dict(zip(blk.kept().tolist(), blk.texts(blk.kept())))
+        got.extend((int(s), texts.get(i)) for i, s in enumerate(blk.status.tolist()))
+        hashes.extend(blk.hashes(blk.kept()).tolist())
+    assert got == expected
+    kept_texts = [t for s, t in expected if s == KEPT]
+    assert hashes == hash_strings(kept_texts).tolist()
+
+
+def test_hash_is_position_free_and_separates_distinct_values() -> None:
+    from csekit.data.hashing import hash_ranges, hash_strings
+
+    texts = [f"sentence {i} " + "x" * (i % 23) for i in range(50_000)]
+    h = hash_strings(texts)
+    assert len(np.unique(h)) == len(texts)
+    buf = np.frombuffer(b"..abc....abc.", dtype=np.uint8)
+    a, b = hash_ranges(buf, np.array([2, 9]), np.array([5, 12]))
+    assert a == b == hash_strings(["abc"])[0]
+    assert hash_strings(["abc"])[0] != hash_strings(["abd"])[0] != hash_strings(["abc\0"])[0]
