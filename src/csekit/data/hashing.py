@@ -80,9 +80,8 @@ def combine(h: np.ndarray, other: np.ndarray) -> np.ndarray:
 class Deduplicator:
     """First-occurrence de-duplication of a stream of hashes with bounded memory.
 
-    ``add(hashes)`` assigns ids 0, 1, 2, ... in stream order; ``keep_mask()`` returns a bool
-    array (memory-mapped from ``workdir``) that is True exactly for the first id of each
-    distinct hash.
+    ``add(hashes)`` assigns ids 0, 1, 2, ... in stream order; ``keep_mask()`` returns the
+    :class:`KeepBits` of exactly the first id of each distinct hash.
     """
 
     BITS = 6
@@ -109,17 +108,43 @@ class Deduplicator:
             if hi > lo:
                 pairs[lo:hi].tofile(self._files[b])
 
-    def keep_mask(self) -> np.ndarray:
+    def keep_mask(self) -> KeepBits:
+        """Which ids to keep (the first of each distinct hash), as a bit set."""
         for f in self._files:
             f.close()
-        keep = np.lib.format.open_memmap(self.workdir / "keep.npy", mode="w+", dtype=np.bool_,
-                                         shape=(self.n,))
+        keep = KeepBits(self.n)
         for b in range(1 << self.BITS):
             path = self.workdir / f"bucket-{b:02d}.bin"
             pairs = np.fromfile(path, dtype=np.uint64).reshape(-1, 2)
             os.unlink(path)
             if len(pairs):
                 _, first = np.unique(pairs[:, 0], return_index=True)  # ids increase in a bucket
-                keep[pairs[first, 1].astype(np.int64)] = True
-        keep.flush()
+                keep.set(pairs[first, 1].astype(np.int64))
         return keep
+
+
+class KeepBits:
+    """A set of ids in ``range(n)`` as n/8 bytes (12.5 MB for 10^8 ids)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.bits = np.zeros((n + 7) // 8, dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set(self, ids: np.ndarray) -> None:
+        np.bitwise_or.at(self.bits, ids >> 3, (np.uint8(1) << (ids & 7).astype(np.uint8)))
+
+    def count(self, lo: int = 0, hi: int | None = None) -> int:
+        hi = self.n if hi is None else hi
+        step = 1 << 23
+        return sum(int(np.count_nonzero(self.range(a, min(hi, a + step))))
+                   for a in range(lo, hi, step))
+
+    def range(self, lo: int, hi: int) -> np.ndarray:
+        """bool (hi - lo,): membership of ids lo..hi-1."""
+        if hi <= lo:
+            return np.zeros(0, dtype=bool)
+        raw = np.unpackbits(self.bits[lo >> 3:(hi + 7) >> 3], bitorder="little")
+        return raw[lo & 7:(lo & 7) + (hi - lo)].astype(bool)

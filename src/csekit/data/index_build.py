@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from csekit.data.hashing import Deduplicator, combine, hash_ranges
+from csekit.data.hashing import Deduplicator, KeepBits, combine, hash_ranges
 from csekit.data.reading import open_binary
 from csekit.data.sources import Source
 from csekit.data.tabular import BadRows, clean_column, iter_batches, where
@@ -31,39 +31,40 @@ from csekit.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-_COPY = 1 << 20
+_COPY = 1 << 18
 
 
-def _to_npy(raw: Path, dest: Path, keep: np.ndarray | None, lo: int, hi: int) -> int:
-    """Copy the int64 values of the raw file ``raw`` (stream ids lo..hi) into the .npy ``dest``,
-    keeping those with ``keep[id]`` (all when ``keep`` is None), _COPY values at a time."""
+def _npy_writer(dest: Path, n: int):  # noqa: ANN202
+    """An open file with the header of an int64 (n,) .npy written; append the data."""
+    f = open(dest, "wb")  # noqa: SIM115
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int64)), "fortran_order": False,
+            "shape": (n,)})
+    return f
+
+
+def _to_npy(raw: Path, dest: Path, keep: KeepBits | None, lo: int) -> int:
+    """Copy the int64 values of the raw file ``raw`` (stream ids lo, lo+1, ...) into the .npy
+    ``dest``, keeping those in ``keep`` (all when None), _COPY values at a time with plain
+    reads and writes (no mapping, so the copy does not stay resident)."""
     size = raw.stat().st_size // 8
-    vals = np.memmap(raw, dtype=np.int64, mode="r") if size else np.empty(0, np.int64)
-    n = int(np.count_nonzero(keep[lo:hi])) if keep is not None else size
-    out = np.lib.format.open_memmap(dest, mode="w+", dtype=np.int64, shape=(n,))
-    j = 0
-    for a in range(0, size, _COPY):
-        chunk = np.asarray(vals[a:a + _COPY])
-        if keep is not None:
-            chunk = chunk[keep[lo + a:lo + a + len(chunk)]]
-        out[j:j + len(chunk)] = chunk
-        j += len(chunk)
-    out.flush()
-    del out, vals
+    n = keep.count(lo, lo + size) if keep is not None else size
+    with _npy_writer(dest, n) as out:
+        for a in range(0, size, _COPY):
+            chunk = np.fromfile(raw, dtype=np.int64, count=min(_COPY, size - a), offset=8 * a)
+            if keep is not None:
+                chunk = chunk[keep.range(lo + a, lo + a + len(chunk))]
+            out.write(chunk.tobytes())
     raw.unlink()
     return n
 
 
-def _kept_ids(keep: np.ndarray, dest: Path) -> int:
-    """Write the ids where ``keep`` is True into the .npy ``dest`` chunk by chunk."""
-    n = int(np.count_nonzero(keep))
-    out = np.lib.format.open_memmap(dest, mode="w+", dtype=np.int64, shape=(n,))
-    j = 0
-    for a in range(0, len(keep), _COPY):
-        ids = np.flatnonzero(keep[a:a + _COPY]) + a
-        out[j:j + len(ids)] = ids
-        j += len(ids)
-    out.flush()
+def _kept_ids(keep: KeepBits, dest: Path) -> int:
+    """Write the ids in ``keep`` into the .npy ``dest`` chunk by chunk."""
+    n = keep.count()
+    with _npy_writer(dest, n) as out:
+        for a in range(0, len(keep), _COPY):
+            out.write((np.flatnonzero(keep.range(a, min(len(keep), a + _COPY))) + a).tobytes())
     return n
 
 
@@ -108,11 +109,11 @@ def build_text(sources: list[Source], folder: Path, *, dedup: bool, on_bad_line:
     parts = []
     lo = 0
     for i, src in enumerate(sources):
-        n = _to_npy(folder / f"cand-{i}.bin", folder / f"offsets-{i}.npy", keep, lo, lo + counts[i])
+        n = _to_npy(folder / f"cand-{i}.bin", folder / f"offsets-{i}.npy", keep, lo)
         lo += counts[i]
         parts.append({"n": n, "data": f"data-{i}.txt" if src.gzip else None})
     if keep is not None:
-        stats["duplicates"] = len(keep) - int(keep.sum())
+        stats["duplicates"] = len(keep) - keep.count()
         del keep
         _rmtree(folder / "dedup")
     stats["sentences"] = sum(p["n"] for p in parts)
@@ -188,7 +189,7 @@ def build_columns(sources: list[Source], columns: tuple[str, ...], folder: Path,
             f.close()
     keep = dd.keep_mask() if dd is not None else None
     for j in range(len(columns)):
-        _to_npy(folder / f"col-{j}.off.bin", folder / f"col-{j}.off.npy", None, 0, n_cand + 1)
+        _to_npy(folder / f"col-{j}.off.bin", folder / f"col-{j}.off.npy", None, 0)
     n = n_cand
     if keep is not None:
         n = _kept_ids(keep, folder / "keep.npy")
