@@ -187,7 +187,7 @@ def bad_cases(tmp: Path) -> list[tuple[str, Path, str, int]]:
         ("jsonl missing key", _write(tmp / "miss.jsonl", b"\n".join(j[:1] + [b'{"x": "a"}'] + j[1:])),
          "miss.jsonl: row 2 (line 2): column 'text' is missing or null", 4),
         ("jsonl number", _write(tmp / "num.jsonl", b"\n".join(j[:3] + [b'{"text": 5}'] + j[3:])),
-         "num.jsonl: row 4 (line 4): column 'text' holds a int, not a string", 4),
+         "num.jsonl: row 4 (line 4): column 'text' holds a number, not a string", 4),
         ("jsonl empty", _write(tmp / "empty.jsonl", b"\n".join(j[:1] + [b'{"text": " \\t "}'] + j[1:])),
          "empty.jsonl: row 2 (line 2): column 'text' is empty after stripping", 4),
         ("jsonl invalid json", _write(tmp / "broken.jsonl", b"\n".join(j[:2] + [b'{"text": "a'] + j[2:])),

@@ -302,7 +302,7 @@ def _python_jsonl(src: Source, columns: tuple[str, ...], bad: BadRows, *, skip_r
                     if v is None:
                         problem = f"column {c!r} is missing or null"
                     elif not isinstance(v, str):
-                        problem = f"column {c!r} holds a {type(v).__name__}, not a string"
+                        problem = f"column {c!r} holds {_json_kind(v)}, not a string"
                     else:
                         row_vals.append(v)
                 if problem is not None:
@@ -320,6 +320,14 @@ def _python_jsonl(src: Source, columns: tuple[str, ...], bad: BadRows, *, skip_r
         raise _unreadable(src, err) from err
     if values[columns[0]]:
         yield flush()
+
+
+def _json_kind(v: object) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    return "an array" if isinstance(v, list) else "an object"
 
 
 def jsonl_line_of(src: Source, record: int) -> int | None:
