@@ -187,6 +187,9 @@ def build_columns(sources: list[Source], columns: tuple[str, ...], folder: Path,
     finally:
         for f in data_files + off_files:
             f.close()
+    # rows the CSV reader itself skipped (wrong field count) are counted by ``bad`` only
+    stats["rows"] += bad.count - stats["bad_rows"]
+    stats["bad_rows"] = bad.count
     keep = dd.keep_mask() if dd is not None else None
     for j in range(len(columns)):
         _to_npy(folder / f"col-{j}.off.bin", folder / f"col-{j}.off.npy", None, 0)

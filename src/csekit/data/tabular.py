@@ -120,7 +120,7 @@ def schema_of(src: Source) -> dict[str, str]:
         else:
             import pyarrow.csv as pcsv
 
-            read, parse, conv = _csv_options(src)
+            read, parse, conv = _csv_options(src, handler=lambda _row: "skip")
             with pcsv.open_csv(pa.input_stream(str(src.path)), read_options=read,
                                parse_options=parse, convert_options=conv) as reader:
                 schema = reader.schema
@@ -248,6 +248,8 @@ def _raw_batches(src: Source, columns: tuple[str, ...], bad: BadRows):  # noqa: 
         import pyarrow.csv as pcsv
 
         def handler(invalid) -> str:  # noqa: ANN001
+            if bad.mode == "error":  # pyarrow's own error names the row: "Row #N: Expected..."
+                return "error"
             bad.add(f"{src.path}: a row", f"{invalid.actual_columns} fields where the header "
                     f"has {invalid.expected_columns} ({invalid.text[:60]!r})")
             return "skip"
