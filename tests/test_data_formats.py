@@ -431,3 +431,19 @@ def test_hash_is_position_free_and_separates_distinct_values() -> None:
     a, b = hash_ranges(buf, np.array([2, 9]), np.array([5, 12]))
     assert a == b == hash_strings(["abc"])[0]
     assert hash_strings(["abc"])[0] != hash_strings(["abd"])[0] != hash_strings(["abc\0"])[0]
+
+
+def test_keep_bits_against_a_bool_array() -> None:
+    from csekit.data.hashing import KeepBits
+
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 9, 1000, 12345):
+        ids = np.unique(rng.integers(0, n, size=n // 2 + 1))
+        bits = KeepBits(n)
+        bits.set(ids)
+        ref = np.zeros(n, dtype=bool)
+        ref[ids] = True
+        for lo, hi in ((0, n), (n // 3, n), (1, max(1, n - 1)), (n // 2, n // 2 + 5)):
+            hi = min(hi, n)
+            assert np.array_equal(bits.range(lo, hi), ref[lo:hi])
+            assert bits.count(lo, hi) == int(ref[lo:hi].sum())
