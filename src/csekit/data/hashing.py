@@ -86,17 +86,30 @@ class Deduplicator:
 
     BITS = 6
 
+    FLUSH = 1 << 17  # pairs buffered before one write per bucket (2 MiB)
+
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._files = [open(self.workdir / f"bucket-{b:02d}.bin", "wb")
+        self._files = [open(self.workdir / f"bucket-{b:02d}.bin", "wb")  # noqa: SIM115
                        for b in range(1 << self.BITS)]
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
         self.n = 0
 
     def add(self, hashes: np.ndarray) -> None:
         hashes = np.asarray(hashes, dtype=np.uint64)
-        if not hashes.size:
+        if hashes.size:
+            self._pending.append(hashes)
+            self._pending_n += hashes.size
+            if self._pending_n >= self.FLUSH:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending_n:
             return
+        hashes = np.concatenate(self._pending)
+        self._pending, self._pending_n = [], 0
         ids = np.arange(self.n, self.n + hashes.size, dtype=np.uint64)
         self.n += hashes.size
         bucket = (hashes >> np.uint64(64 - self.BITS)).astype(np.int64)
@@ -106,10 +119,11 @@ class Deduplicator:
         for b in range(1 << self.BITS):
             lo, hi = bounds[b], bounds[b + 1]
             if hi > lo:
-                pairs[lo:hi].tofile(self._files[b])
+                self._files[b].write(pairs[lo:hi].tobytes())
 
     def keep_mask(self) -> KeepBits:
         """Which ids to keep (the first of each distinct hash), as a bit set."""
+        self._flush()
         for f in self._files:
             f.close()
         keep = KeepBits(self.n)

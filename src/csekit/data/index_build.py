@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from csekit.data.hashing import Deduplicator, KeepBits, combine, hash_ranges
+from csekit.data.memory import HeapTrimmer, trim_heap
 from csekit.data.reading import open_binary
 from csekit.data.sources import Source
 from csekit.data.tabular import BadRows, clean_column, iter_batches, where
@@ -75,6 +76,7 @@ def build_text(sources: list[Source], folder: Path, *, dedup: bool, on_bad_line:
     bad = BadRows(on_bad_line)
     bad_numbers: list[int] = []
     dd = Deduplicator(folder / "dedup") if dedup else None
+    trimmer = HeapTrimmer()
     counts = []
     for i, src in enumerate(sources):
         n_cand = 0
@@ -98,6 +100,7 @@ def build_text(sources: list[Source], folder: Path, *, dedup: bool, on_bad_line:
                         n_cand += len(kept)
                         if dd is not None:
                             dd.add(blk.hashes(kept))
+                        trimmer.tick()
             except (OSError, EOFError, zlib.error) as err:  # unreadable, corrupt or cut .gz
                 raise DataError(f"{src.path}: cannot read the file ({err}); check it is "
                                 f"intact") from err
@@ -106,6 +109,7 @@ def build_text(sources: list[Source], folder: Path, *, dedup: bool, on_bad_line:
                     sink.close()
         counts.append(n_cand)
     keep = dd.keep_mask() if dd is not None else None
+    trim_heap()
     parts = []
     lo = 0
     for i, src in enumerate(sources):
@@ -146,6 +150,7 @@ def build_columns(sources: list[Source], columns: tuple[str, ...], folder: Path,
     for f in off_files:
         np.zeros(1, np.int64).tofile(f)
     n_cand = 0
+    trimmer = HeapTrimmer(every=4)
     try:
         for src in sources:
             for row0, arrays, pre in iter_batches(src, columns, bad):
@@ -184,6 +189,7 @@ def build_columns(sources: list[Source], columns: tuple[str, ...], folder: Path,
                 n_cand += int(mask.sum())
                 if dd is not None and h is not None:
                     dd.add(h)
+                trimmer.tick()
     finally:
         for f in data_files + off_files:
             f.close()

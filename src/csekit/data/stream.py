@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from csekit.data.memory import HeapTrimmer
 from csekit.data.reading import open_binary
 from csekit.data.sources import TEXT, Source, resolve_sources
 from csekit.data.tabular import BadRows, clean_column, iter_batches, resolve_columns, schema_of, where
@@ -69,7 +70,9 @@ class RowStream:
 
     def chunks(self, size: int) -> Iterator[list[str]]:
         buf: list[str] = []
+        trimmer = HeapTrimmer(every=8)
         for texts in self._pieces():
+            trimmer.tick()
             buf.extend(texts)
             while len(buf) >= size:
                 yield buf[:size]

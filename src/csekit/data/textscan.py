@@ -67,9 +67,10 @@ class LineBlock:
         """Dedup hashes of the given (kept) lines: :func:`hashing.hash_ranges` of their text."""
         arr = np.frombuffer(self.buf, dtype=np.uint8)
         h = hash_ranges(arr, self.ts[which], self.te[which])
-        slow = [j for j, i in enumerate(which.tolist()) if i in self.slow]
-        if slow:
-            h[slow] = hash_strings([self.slow[int(which[j])] for j in slow])
+        if self.slow:
+            slow = np.flatnonzero(np.isin(which, np.fromiter(self.slow, dtype=np.int64)))
+            if slow.size:
+                h[slow] = hash_strings([self.slow[int(which[j])] for j in slow.tolist()])
         return h
 
 
@@ -175,6 +176,7 @@ def scan_lines(f: BinaryIO, *, max_chars: int, min_chars: int = 1,
             pending = rest
             continue
         complete, pending = data[:cut], data[cut:]
-        yield _scan(complete, base, line, max_chars=max_chars, min_chars=min_chars)
+        blk = _scan(complete, base, line, max_chars=max_chars, min_chars=min_chars)
+        yield blk
         base += len(complete)
-        line += int(complete.count(b"\n"))
+        line += len(blk)  # complete lines: one per newline
