@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS_DIR, machine_info, shared_root  # noqa: E402
+from benchmarks._common import RESULTS_DIR, machine_info, shared_root
 
 BASELINE = 200_000
 
@@ -222,13 +222,14 @@ def main() -> int:
 def to_markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"# Corpus scale (`benchmarks/corpus_scale.py`), {m['date']}", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores; load average before "
-             f"{', '.join(f'{x:.2f}' for x in r['loadavg_before'])}, after "
-             f"{', '.join(f'{x:.2f}' for x in r['loadavg_after'])}. {r['note']}.", "",
-             f"Train: `csekit train --max-steps 1 --dedup --batch-size 64` on `{Path(r['model']).name}`"
-             ", CPU fp32. Every line distinct (dedup keeps all).", "",
-             "| lines | MB | first start (index build) s | MB/s | 1st-start RSS MB | "
-             "second start s | train warm: wall s / peak RSS MB | train cold: wall s / peak RSS MB |",
+             (f"Machine: {m['cpu']}, {m['cores']} cores; load average before "
+              f"{', '.join(f'{x:.2f}' for x in r['loadavg_before'])}, after "
+              f"{', '.join(f'{x:.2f}' for x in r['loadavg_after'])}. {r['note']}."), "",
+             (f"Train: `csekit train --max-steps 1 --dedup --batch-size 64` on "
+              f"`{Path(r['model']).name}`, CPU fp32. Every line distinct (dedup keeps all)."), "",
+             ("| lines | MB | first start (index build) s | MB/s | 1st-start RSS MB | "
+              "second start s | train warm: wall s / peak RSS MB | "
+              "train cold: wall s / peak RSS MB |"),
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in r["corpora"]:
         lines.append(f"| {c['lines']:,} | {c['size_mb']} | {c['index_build_s']} | "
@@ -237,8 +238,8 @@ def to_markdown(r: dict[str, Any]) -> str:
                      f"{c['train_warm_peak_rss_mb']} | {c['train_cold_wall_s']} / "
                      f"{c['train_cold_peak_rss_mb']} |")
     if r["encode"]:
-        lines += ["", f"Encode (`csekit encode --chunk-size 8192 --max-seq-len 32`, model "
-                      f"`{r['encode_model']}`):", "",
+        lines += ["", (f"Encode (`csekit encode --chunk-size 8192 --max-seq-len 32`, model "
+                       f"`{r['encode_model']}`):"), "",
                   "| sentences | rows written | wall s | sentences/s | peak RSS MB |",
                   "|---:|---:|---:|---:|---:|"]
         for e in r["encode"]:

@@ -93,7 +93,7 @@ def test_every_format_gives_the_text_rows_and_batches(files: dict[str, Path], fm
         assert list(c.batches(16, seed=3, epoch=1, skip=k)) == full[k:]
     # each rank reads only its slice; the slices in rank order are the global batch
     slices = [list(c.batches(16, seed=3, epoch=1, rank=r, world=4)) for r in range(4)]
-    assert [sum((s[b] for s in slices), []) for b in range(len(full))] == full
+    assert [[row for s in slices for row in s[b]] for b in range(len(full))] == full
 
 
 def test_glob_and_several_files_equal_one_file(tmp_path: Path, files: dict[str, Path],
@@ -280,7 +280,7 @@ def test_index_is_cached_and_keyed_on_mtime(tmp_path: Path, monkeypatch: pytest.
     path = _write(tmp_path / "c.txt", ("\n".join(wiki_rows) + "\n").encode())
     first = SentenceCorpus(path, dedup=True)
 
-    def boom(*a, **k):  # noqa: ANN002, ANN003
+    def boom(*a, **k):
         raise AssertionError("rebuilt")
 
     monkeypatch.setattr(corpus_mod, "build_text", boom)

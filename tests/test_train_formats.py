@@ -31,7 +31,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory, wiki_corpus: Path) -> dict
 
 def test_parquet_and_jsonl_runs_equal_the_txt_run(tiny_bert_dir: Path, tmp_path: Path,
                                                   sources: dict[str, Path]) -> None:
-    kw = dict(max_steps=4, batch_size=8, dedup=True)
+    kw = {"max_steps": 4, "batch_size": 8, "dedup": True}
     ref = Trainer(config(tiny_bert_dir, sources["txt"], tmp_path / "txt", **kw)).train()
     assert len(ref.losses) == 4
     for fmt in ("parquet", "jsonl"):
@@ -42,7 +42,7 @@ def test_parquet_and_jsonl_runs_equal_the_txt_run(tiny_bert_dir: Path, tmp_path:
 
 def test_resume_from_parquet_is_exact(tiny_bert_dir: Path, tmp_path: Path,
                                       sources: dict[str, Path]) -> None:
-    kw = dict(max_steps=5, batch_size=8, save_steps=2)
+    kw = {"max_steps": 5, "batch_size": 8, "save_steps": 2}
     ref = Trainer(config(tiny_bert_dir, sources["parquet"], tmp_path / "a", **kw)).train()
     t = Trainer(config(tiny_bert_dir, sources["parquet"], tmp_path / "b", **kw))
     _stop_after(t, 3, signal.SIGTERM)

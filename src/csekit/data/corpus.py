@@ -43,13 +43,13 @@ from csekit.data.index_build import build_columns, build_text
 from csekit.data.index_cache import get_or_build
 from csekit.data.reading import read_line_at
 from csekit.data.shuffle import FeistelPermutation
-from csekit.data.sources import TEXT, Source, resolve_sources
+from csekit.data.sources import TEXT, resolve_sources
 from csekit.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CHARS = 2000
-Row = Union[str, tuple[str, ...]]
+Row = Union[str, tuple[str, ...]]  # noqa: UP007 - a runtime alias on Python 3.10 too
 _READ_CHUNK = 1 << 16
 
 
@@ -181,8 +181,8 @@ class Corpus:
         return chosen
 
     def _build(self, folder: Path) -> dict[str, Any]:
-        kw = dict(dedup=self.dedup, on_bad_line=self.on_bad_line, min_chars=self.min_chars,
-                  max_chars=self.max_chars)
+        kw = {"dedup": self.dedup, "on_bad_line": self.on_bad_line,
+              "min_chars": self.min_chars, "max_chars": self.max_chars}
         if self.sources[0].kind == TEXT:
             return build_text(self.sources, folder, **kw)  # type: ignore[arg-type]
         return build_columns(self.sources, self.columns, folder, **kw)  # type: ignore[arg-type]

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 _COPY = 1 << 18
 
 
-def _npy_writer(dest: Path, n: int):  # noqa: ANN202
+def _npy_writer(dest: Path, n: int):
     """An open file with the header of an int64 (n,) .npy written; append the data."""
     f = open(dest, "wb")  # noqa: SIM115
     np.lib.format.write_array_header_1_0(
@@ -131,7 +131,7 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _string_buffers(arr) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def _string_buffers(arr) -> tuple[np.ndarray, np.ndarray]:
     """(int64 offsets (n + 1) starting at 0, uint8 data) of a large_string Arrow array."""
     bufs = arr.buffers()
     offs = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]

@@ -52,7 +52,7 @@ def _meta(folder: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):  # noqa: ANN202
+def _locked(path: Path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

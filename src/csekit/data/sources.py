@@ -62,8 +62,7 @@ def kind_of(path: Path) -> str:
         raise DataError(f"{path}: a folder, but not a `datasets` save_to_disk folder; give files "
                         f"or a glob (e.g. {path}/*.parquet)")
     name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
+    name = name.removesuffix(".gz")
     return _KNOWN.get(Path(name).suffix, TEXT)
 
 

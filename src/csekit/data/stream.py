@@ -18,7 +18,14 @@ import numpy as np
 from csekit.data.memory import HeapTrimmer
 from csekit.data.reading import open_binary
 from csekit.data.sources import TEXT, Source, resolve_sources
-from csekit.data.tabular import BadRows, clean_column, iter_batches, resolve_columns, schema_of, where
+from csekit.data.tabular import (
+    BadRows,
+    clean_column,
+    iter_batches,
+    resolve_columns,
+    schema_of,
+    where,
+)
 from csekit.data.textscan import BAD, BLANK, SHORT, scan_lines
 from csekit.errors import ConfigError, DataError
 

@@ -55,7 +55,7 @@ def _pa():  # imported lazily: plain-text corpora never load pyarrow
     return pa
 
 
-def _is_text_type(t) -> bool:  # noqa: ANN001
+def _is_text_type(t) -> bool:
     pa = _pa()
     return (pa.types.is_string(t) or pa.types.is_large_string(t)
             or (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t))
@@ -70,7 +70,7 @@ def _unreadable(src: Source, err: Exception) -> DataError:
 
 
 # ---------------------------------------------------------------------- schemas, columns
-def _csv_options(src: Source, columns: list[str] | None = None, handler=None):  # noqa: ANN001
+def _csv_options(src: Source, columns: list[str] | None = None, handler=None):
     import pyarrow.csv as pcsv
 
     parse = pcsv.ParseOptions(delimiter="\t" if src.kind == TSV else ",",
@@ -82,12 +82,12 @@ def _csv_options(src: Source, columns: list[str] | None = None, handler=None):  
     return read, parse, conv
 
 
-def _hf_table(src: Source):  # noqa: ANN202
+def _hf_table(src: Source):
     from datasets import Dataset, DatasetDict, load_from_disk
 
     try:
         ds = load_from_disk(str(src.path))
-    except Exception as err:  # noqa: BLE001 - any failure of a corrupt folder is the user's
+    except Exception as err:
         raise _unreadable(src, err) from err
     if isinstance(ds, DatasetDict):
         raise DataError(f"{src.path}: a DatasetDict with splits {', '.join(ds)}; give one "
@@ -198,7 +198,7 @@ def iter_batches(src: Source, columns: tuple[str, ...], bad: BadRows
         row += n
 
 
-def _check_types(src: Source, batch, columns: tuple[str, ...]) -> dict[str, object]:  # noqa: ANN001
+def _check_types(src: Source, batch, columns: tuple[str, ...]) -> dict[str, object]:
     pa = _pa()
     out = {}
     for c in columns:
@@ -219,7 +219,7 @@ def _check_types(src: Source, batch, columns: tuple[str, ...]) -> dict[str, obje
     return out
 
 
-def _raw_batches(src: Source, columns: tuple[str, ...], bad: BadRows):  # noqa: ANN202
+def _raw_batches(src: Source, columns: tuple[str, ...], bad: BadRows):
     pa = _pa()
     cols = list(columns)
     if src.kind == PARQUET:
@@ -247,7 +247,7 @@ def _raw_batches(src: Source, columns: tuple[str, ...], bad: BadRows):  # noqa: 
     else:
         import pyarrow.csv as pcsv
 
-        def handler(invalid) -> str:  # noqa: ANN001
+        def handler(invalid) -> str:
             if bad.mode == "error":  # pyarrow's own error names the row: "Row #N: Expected..."
                 return "error"
             bad.add(f"{src.path}: a row", f"{invalid.actual_columns} fields where the header "
@@ -368,7 +368,7 @@ def clean_text(text: str, max_chars: int) -> str:
     return text
 
 
-def clean_column(arr, *, max_chars: int, min_chars: int, column: str  # noqa: ANN001
+def clean_column(arr, *, max_chars: int, min_chars: int, column: str
                  ) -> tuple[object, np.ndarray, dict[int, str]]:
     """Clean one Arrow column: (large_string array of cleaned text, status, problems).
 
