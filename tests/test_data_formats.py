@@ -308,6 +308,26 @@ def test_eight_processes_start_at_once(tmp_path: Path, wiki_rows: list[str]) -> 
     assert not [p for p in index.parent.iterdir() if ".tmp-" in p.name]
 
 
+def test_second_builder_never_replaces_a_finished_index(tmp_path: Path) -> None:
+    """Where flock does not serialise (several nodes), the first rename wins and a mapped
+    index is never replaced under its readers."""
+    from csekit.data.index_cache import _build_atomically
+
+    folder = tmp_path / "idx"
+
+    def build(tag: str):
+        def run(tmp: Path) -> dict:
+            (tmp / "data.bin").write_text(tag)
+            return {"tag": tag}
+        return run
+
+    assert _build_atomically(folder, build("first"))["tag"] == "first"
+    mapped = np.memmap(folder / "data.bin", dtype=np.uint8, mode="r")
+    assert _build_atomically(folder, build("second"))["tag"] == "first"
+    assert (folder / "data.bin").read_text() == "first" and bytes(mapped) == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
 # ---------------------------------------------------------------- the shuffle
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 17, 255, 1000, 4097])
 def test_feistel_is_a_permutation(n: int) -> None:

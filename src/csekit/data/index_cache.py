@@ -8,24 +8,30 @@ and the index format version: editing, replacing or touching a file gives a new 
 stale index is never read (old folders are left for the user to delete; each is logged).
 
 Concurrency: the builder holds an exclusive ``flock`` on ``<key>.lock`` and writes the folder
-with :func:`csekit.atomic.atomic_dir` (temp sibling, fsync, rename). When 8 processes start at
-once, one builds and the other 7 wait on the lock, then find the finished folder and map it.
+atomically (a temp sibling, every file fsync'ed with :mod:`csekit.atomic`'s helpers, then one
+``rename``). When 8 processes start at once, one builds and the other 7 wait on the lock, then
+find the finished folder and map it. Where ``flock`` does not serialise (some network file
+systems, several nodes), two builders produce identical folders and the first ``rename`` wins:
+the rename never replaces an existing index, so no process ever loses files it has mapped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from csekit.atomic import atomic_dir
+from csekit.atomic import fsync_dir, fsync_tree, remove_stale_temps
 from csekit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -85,12 +91,37 @@ def get_or_build(description: dict[str, Any],
             if meta is not None:
                 return folder, meta
             start = time.perf_counter()
-            with atomic_dir(folder) as tmp:
-                meta = build(tmp)
-                meta["build_seconds"] = round(time.perf_counter() - start, 3)
-                (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            meta = _build_atomically(folder, build)
             logger.info("corpus index built in %.1fs: %s", time.perf_counter() - start, folder)
     except PermissionError as err:
         raise DataError(f"cannot write the corpus index under {base} ({err.strerror}); set "
                         f"{CACHE_ENV} to a writable folder") from err
     return folder, meta
+
+
+def _build_atomically(folder: Path, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Build into a temp sibling and rename it to ``folder`` unless another builder won."""
+    remove_stale_temps(folder.parent, folder.name)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        start = time.perf_counter()
+        meta = build(tmp)
+        meta["build_seconds"] = round(time.perf_counter() - start, 3)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        fsync_tree(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another builder finished first
+            theirs = _meta(folder)
+            if theirs is None:
+                raise
+            return theirs
+        fsync_dir(folder.parent)
+        return meta
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
