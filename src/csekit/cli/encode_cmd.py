@@ -69,6 +69,18 @@ def _compact(tmp: Path, n: int, d: int) -> Path:
     return dst_path
 
 
+def _remove_stale_temps(out: Path) -> None:
+    """Delete ``.<stem>.tmp*-<pid>.npy`` left by a killed encode (its pid is gone)."""
+    for p in out.parent.glob(f".{out.stem}.tmp*-*.npy"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1].split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
@@ -97,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
                                   trust_remote_code=args.trust_remote_code, backend=args.backend)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npy")
     mm = None
     n = 0
