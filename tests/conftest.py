@@ -5,7 +5,10 @@ Tests never download anything: HF_HUB_OFFLINE is forced here as well as in CI.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Corpus indexes of the tests go to a throw-away folder, not to ~/.cache/csekit.
+if "CSEKIT_CACHE" not in os.environ:
+    os.environ["CSEKIT_CACHE"] = tempfile.mkdtemp(prefix="csekit-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["CSEKIT_CACHE"], True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

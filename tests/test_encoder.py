@@ -281,7 +281,7 @@ def test_unsupported_st_module(enc_factory, tmp_path: Path) -> None:
         Encoder.from_pretrained(tmp_path / "m")
 
 
-def test_cli_encode(enc_factory, tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_cli_encode(enc_factory, tiny_bert_dir: Path, tmp_path: Path, capsys) -> None:
     import numpy as np
 
     from csekit.cli.main import main
@@ -289,11 +289,17 @@ def test_cli_encode(enc_factory, tiny_bert_dir: Path, tmp_path: Path) -> None:
     inp = tmp_path / "in.txt"
     inp.write_text("\n".join(SENTS) + "\n", encoding="utf-8")
     out = tmp_path / "emb.npy"
-    rc = main(["encode", str(tiny_bert_dir), "--input", str(inp), "--output", str(out),
-               "--pooler", "avg"])
-    assert rc == 0
+    # SENTS[5] is empty: an error naming the line (#13), or skipped and counted
+    argv = ["encode", str(tiny_bert_dir), "--input", str(inp), "--output", str(out),
+            "--pooler", "avg"]
+    assert main(argv) == 2
+    assert f"{inp}:6: empty line" in capsys.readouterr().err
+    assert main(argv + ["--on-bad-line", "skip", "--chunk-size", "2"]) == 0
+    assert "skipped 1 bad rows" in capsys.readouterr().out
     arr = np.load(out)
-    ref = enc_factory(pooler="avg", mlp="none").encode(SENTS)
+    kept = [s for s in SENTS if s]
+    ref = enc_factory(pooler="avg", mlp="none").encode(kept)
+    assert arr.shape == (len(kept), ref.shape[1])
     np.testing.assert_allclose(arr, ref.numpy(), atol=1e-6)
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok\n\xff\xfe bad\n")

@@ -10,6 +10,8 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("data", help="download evaluation data and corpora; check a corpus",
                                    description="Download SentEval STS/SICK and wiki1m; check a corpus.")
+    from csekit.data.tabular import ON_BAD_LINE
+
     parser.set_defaults(func=lambda args: _usage(parser))
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
 
@@ -30,12 +32,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     dl.set_defaults(func=_download)
 
     ck = sub.add_parser("check", help="index a training corpus and print its statistics",
-                        description="Read a one-sentence-per-line corpus (plain or .gz) with the "
-                                    "training rules and print what would be kept.")
-    ck.add_argument("file", type=Path)
+                        description="Read a corpus (text or .gz, JSONL, CSV/TSV, Parquet, a "
+                                    "datasets folder; a glob or comma-separated list) with the "
+                                    "training rules and print what would be kept. The index is "
+                                    "cached, so training starts without re-reading it.")
+    ck.add_argument("file", help="corpus: file, folder, glob or comma-separated list")
+    ck.add_argument("--text-column", action="append", default=None, metavar="NAME",
+                    help="text column(s) of a tabular corpus (repeat for several; default: "
+                         "the only string column, or the one named text or sentence)")
     ck.add_argument("--dedup", action="store_true", help="drop repeated sentences")
-    ck.add_argument("--on-bad-line", choices=("error", "skip"), default="error",
-                    help="invalid UTF-8 / NUL bytes: stop with an error (default) or skip and count")
+    ck.add_argument("--on-bad-line", choices=ON_BAD_LINE, default="error",
+                    help="bad rows (invalid UTF-8, NUL, missing/empty/non-string text): stop "
+                         "with an error naming the row (default) or skip and count")
     ck.add_argument("--batch-size", type=int, default=None,
                     help="also check the corpus fills at least one global batch of this size")
     ck.set_defaults(func=_check)
@@ -57,13 +65,16 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from csekit.data import SentenceCorpus
+    from csekit.data import open_corpus
 
-    corpus = SentenceCorpus(args.file, dedup=args.dedup, on_bad_line=args.on_bad_line)
+    corpus = open_corpus(args.file, text_columns=args.text_column, dedup=args.dedup,
+                         on_bad_line=args.on_bad_line)
     if args.batch_size is not None:
         corpus.check_batch_size(args.batch_size)
-    report = {"file": str(args.file), **corpus.stats}
-    if corpus.bad_line_numbers:
+    report = {"file": str(args.file), **corpus.describe()}
+    if corpus.bad_line_numbers and len(corpus.sources) == 1 and "lines" in corpus.stats:
         report["first_bad_lines"] = corpus.bad_line_numbers
+    if corpus.bad_rows:
+        report["first_bad_rows"] = corpus.bad_rows
     print(json.dumps(report, indent=1))
     return 0

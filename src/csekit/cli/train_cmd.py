@@ -32,7 +32,10 @@ logger = logging.getLogger(__name__)
 
 HELP: dict[str, str] = {
     "model": "backbone: a Hugging Face hub id, a local HF folder or a csekit/ST folder",
-    "train_file": "training corpus, one sentence per line (plain or .gz)",
+    "train_file": "training corpus: text (.txt/.gz, one sentence a line), JSONL, CSV/TSV, "
+                  "Parquet or a datasets save_to_disk folder; a glob or comma-separated list",
+    "text_column": "the text column of a JSONL/CSV/Parquet/datasets corpus (default: the only "
+                   "string column, or the one named text or sentence)",
     "output_dir": "best model at its root, checkpoints/ , metrics.jsonl, results.json",
     "data_dir": "SentEval folder (contains downstream/) for STS-B dev and the final STS test",
     "objective": "training objective",
@@ -54,7 +57,8 @@ HELP: dict[str, str] = {
     "bml_reduction": "BML averaged over all B x B entries (published) or over the pairs",
     "cluster_init": "centroid initialisation: greedy chain (published) or kmeans++",
     "dedup": "drop duplicate sentences",
-    "on_bad_line": "invalid UTF-8 / NUL lines: error (with the line number) or skip and count",
+    "on_bad_line": "bad rows (invalid UTF-8, NUL, missing/empty/non-string text): error "
+                   "(naming file and row) or skip and count",
     "batch_size": "GLOBAL batch (all processes together); the in-batch negatives "
                   "(SimCSE / Focal 64, ClusterNS 256)",
     "learning_rate": "AdamW peak learning rate (SimCSE / Focal 3e-5, ClusterNS 5e-5)",

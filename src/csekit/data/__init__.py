@@ -1,6 +1,21 @@
-"""Training data: streamed corpus, deterministic batching, tokenising collator, downloads."""
+"""Training data: readers of every format, cached index, exact shuffle, batching, tokenising.
 
-from csekit.data.collate import split_views, tokenize_pairs
-from csekit.data.corpus import SentenceCorpus
+The tokenising collator (which needs torch) is imported on first use, so that reading a corpus
+(``from csekit.data import open_corpus``) stays light, e.g. in 8 processes starting at once.
+"""
 
-__all__ = ["SentenceCorpus", "split_views", "tokenize_pairs"]
+from __future__ import annotations
+
+from typing import Any
+
+from csekit.data.corpus import Corpus, SentenceCorpus, open_corpus
+
+__all__ = ["Corpus", "SentenceCorpus", "open_corpus", "split_views", "tokenize_pairs"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("split_views", "tokenize_pairs"):
+        from csekit.data import collate
+
+        return getattr(collate, name)
+    raise AttributeError(f"module 'csekit.data' has no attribute {name!r}")

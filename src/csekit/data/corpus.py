@@ -1,153 +1,222 @@
-"""A streamed one-sentence-per-line training corpus with deterministic, resumable batching."""
+"""Training corpora in any supported format, indexed once, read batch by batch.
+
+:func:`open_corpus` (and :class:`SentenceCorpus`, its one-text-column form) gives a
+:class:`Corpus`: the rows kept after cleaning and dedup, with deterministic, resumable
+batches of which each process reads only its own slice.
+
+Cleaning (every format): a value is stripped (Python's ``str.strip``, then a byte-order mark),
+cut to ``max_chars`` characters (a guard against pathological lines, not the training
+truncation) and dropped when shorter than ``min_chars``. Plain text is split on ``\\n`` only,
+decoded as strict UTF-8, and reads at most ``4 * max_chars + 1`` bytes of a line (the rest of
+an over-long line is skipped unread); blank lines are dropped and counted. In tabular
+sources a row is *bad* when a text column is missing or null, not a string, not valid UTF-8,
+holds a NUL, or is empty after stripping; in text a line is bad for invalid UTF-8 or a NUL.
+``on_bad_line="error"`` stops at the first bad row with one line ``FILE:LINE: ...`` /
+``FILE: row N: ...`` (exit 2 in the CLI); ``"skip"`` drops and counts them.
+``dedup=True`` keeps the first occurrence of each distinct cleaned row (64-bit hashes,
+:mod:`hashing`; all text columns together).
+
+Index (:mod:`index_build`, :mod:`index_cache`): built in one vectorised pass at the first
+start, cached on disk keyed on path, size and mtime, and memory-mapped afterwards, so a second
+start costs milliseconds and about no memory, whatever the corpus size.
+
+Batches (:meth:`Corpus.batches`): epoch ``e`` of seed ``s`` visits the rows in the order of a
+:class:`~csekit.data.shuffle.FeistelPermutation` of ``range(len(corpus))`` - an exact
+permutation (every row once per epoch; the last incomplete global batch is dropped) computed
+on demand, so no process holds an N-sized array. ``skip=k`` resumes at batch k; ``rank`` and
+``world`` give a process rows ``rank*b:(rank+1)*b`` of each global batch (b = batch/world)
+and read only those. Plain ``.gz`` files are decompressed into the index folder once, so
+their shuffle is exact too.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import time
-from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union
 
 import numpy as np
 
-from csekit.data.reading import is_gzip, iter_lines, read_line_at
-from csekit.data.shuffle import buffered_shuffle, make_rng, permutation
+from csekit.data.index_build import build_columns, build_text
+from csekit.data.index_cache import get_or_build
+from csekit.data.reading import read_line_at
+from csekit.data.shuffle import FeistelPermutation
+from csekit.data.sources import TEXT, resolve_sources
+from csekit.data.tabular import ON_BAD_LINE
 from csekit.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-ON_BAD_LINE: tuple[str, ...] = ("error", "skip")  # what a bad line does: stop, or skip and count
 DEFAULT_MAX_CHARS = 2000
-DEFAULT_SHUFFLE_BUFFER = 1 << 20
-_MAX_REPORTED_BAD = 20
-_HINT = "fix the file or pass --on-bad-line skip (on_bad_line='skip') to skip and count bad lines"
+Row = Union[str, tuple[str, ...]]  # noqa: UP007 - a runtime alias on Python 3.10 too
+_READ_CHUNK = 1 << 16
 
 
-def _hash64(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+class _TextPart:
+    """Lines of one plain file, read by byte offset with ``os.pread``."""
+
+    def __init__(self, path: Path, offsets: np.ndarray, max_chars: int) -> None:
+        self.path, self.offsets, self.max_chars = path, offsets, max_chars
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def read(self, idx: np.ndarray) -> list[Row]:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        offs = self.offsets[idx]
+        out: list[Row] = [""] * len(idx)
+        for j in np.argsort(offs, kind="stable").tolist():  # file order for locality
+            try:
+                out[j] = read_line_at(self._fd, int(offs[j]), max_chars=self.max_chars)
+            except ValueError as err:
+                raise DataError(f"{self.path}: the file changed after it was indexed ({err}); "
+                                f"restart the run") from err
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
-class SentenceCorpus:
-    """One sentence per line, plain text or ``.gz``, indexed in one streaming pass.
+class _ColumnPart:
+    """Cleaned text columns stored back to back in the index folder (memory-mapped)."""
 
-    Cleaning: each line is split on ``\\n`` only, decoded as strict UTF-8, cut to ``max_chars``
-    characters and stripped; lines shorter than ``min_chars`` after stripping (blank lines
-    included) are dropped. ``max_chars`` (default 2000) is a guard against pathological lines,
-    not the training truncation (the tokenizer truncates to ``max_seq_len`` tokens): at most
-    ``4 * max_chars + 1`` bytes of a line are read into memory and the rest of an over-long line
-    is skipped unread, so a single 10 MB line costs one bounded read. Only the kept prefix is
-    validated. ``dedup=True`` keeps the first occurrence of each distinct cleaned sentence, using
-    8-byte BLAKE2b hashes (8 bytes per sentence during indexing; a false duplicate needs a 64-bit
-    collision, probability about n^2 / 2^65, i.e. 3e-8 for a million sentences).
+    def __init__(self, folder: Path, ncols: int, n: int) -> None:
+        self.n = n
+        self.data = [np.memmap(folder / f"col-{j}.utf8", dtype=np.uint8, mode="r")
+                     if (folder / f"col-{j}.utf8").stat().st_size else np.empty(0, np.uint8)
+                     for j in range(ncols)]
+        self.offs = [np.load(folder / f"col-{j}.off.npy", mmap_mode="r") for j in range(ncols)]
+        keep = folder / "keep.npy"
+        self.keep = np.load(keep, mmap_mode="r") if keep.is_file() else None
 
-    Bad lines (a NUL byte or invalid UTF-8 in the kept prefix): ``on_bad_line="error"`` raises a
-    one-line :class:`~csekit.errors.DataError` naming ``FILE:LINE``; ``"skip"`` drops them and
-    counts them in ``stats["bad_lines"]`` (first line numbers in ``bad_line_numbers``).
-    A corpus with no sentence left raises DataError.
+    def __len__(self) -> int:
+        return self.n
 
-    Memory: the index holds one int64 byte offset per kept sentence (8 MB per million), never
-    the text. Batches re-read their lines by offset.
+    def read(self, idx: np.ndarray) -> list[Row]:
+        ids = np.asarray(self.keep[idx]) if self.keep is not None else idx
+        cols = []
+        for data, offs in zip(self.data, self.offs):
+            s, e = np.asarray(offs[ids]), np.asarray(offs[ids + 1])
+            cols.append([data[a:b].tobytes().decode("utf-8") for a, b in zip(s.tolist(), e.tolist())])
+        if len(cols) == 1:
+            return list(cols[0])
+        return [tuple(r) for r in zip(*cols)]
 
-    Shuffling (``batches``): plain files get an exact uniform global permutation per
-    (seed, epoch). A ``.gz`` file cannot be read at random offsets; if it has at most
-    ``shuffle_buffer`` sentences they are loaded and given the very same permutation as the
-    plain file would get (identical batches); a larger ``.gz`` is shuffled approximately through
-    a seeded buffer of ``shuffle_buffer`` sentences (still deterministic and resumable, but not
-    a uniform permutation: decompress it for an exact shuffle).
+    def close(self) -> None:
+        pass
 
-    Batches are global and identical on every process; the last incomplete batch of an epoch
-    is dropped, so an epoch has ``len(corpus) // batch_size`` batches.
+
+class Corpus:
+    """The kept rows of one or more sources; see the module docstring for every rule.
+
+    Rows are ``str`` for one text column and ``tuple[str, ...]`` (in ``columns`` order) for
+    several. ``stats`` counts what was read, dropped and kept; ``bad_rows`` names the first
+    skipped bad rows (``FILE:LINE`` or ``FILE: row N``).
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
+        text_columns: Sequence[str] | str | None = None,
         dedup: bool = False,
         on_bad_line: Literal["error", "skip"] = "error",
         min_chars: int = 1,
         max_chars: int = DEFAULT_MAX_CHARS,
-        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     ) -> None:
         if on_bad_line not in ON_BAD_LINE:
             raise ConfigError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
         if min_chars < 1 or max_chars < min_chars:
             raise ConfigError(f"need 1 <= min_chars <= max_chars, got {min_chars} and {max_chars}")
-        if shuffle_buffer < 1:
-            raise ConfigError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: training file not found (expected one sentence per line)")
-        self.dedup = dedup
-        self.on_bad_line = on_bad_line
-        self.min_chars = min_chars
-        self.max_chars = max_chars
-        self.shuffle_buffer = shuffle_buffer
-        self.is_gzip = is_gzip(self.path)
-        self.bad_line_numbers: list[int] = []
-        self.stats: dict[str, int] = {}
-        self._offsets = self._build_index()
+        if isinstance(text_columns, str):
+            text_columns = (text_columns,)
+        self.sources = resolve_sources(paths)  # type: ignore[arg-type]
+        self.path = self.sources[0].path
+        self.dedup, self.on_bad_line = dedup, on_bad_line
+        self.min_chars, self.max_chars = min_chars, max_chars
+        self.columns = self._columns(tuple(text_columns) if text_columns else None)
+        self._fingerprints = [s.fingerprint() for s in self.sources]
+        desc = {"sources": [[s.kind, fp] for s, fp in zip(self.sources, self._fingerprints)],
+                "columns": list(self.columns), "dedup": dedup, "on_bad_line": on_bad_line,
+                "min_chars": min_chars, "max_chars": max_chars}
+        self.index_dir, meta = get_or_build(desc, self._build)
+        self.stats: dict[str, int] = dict(meta["stats"])
+        self.bad_rows: list[str] = list(meta.get("bad_where", []))
+        self.bad_line_numbers: list[int] = list(meta.get("bad_line_numbers", []))
+        self.index_build_seconds: float = float(meta.get("build_seconds", 0.0))
+        self._parts = self._open_parts(meta)
+        self._cum = np.cumsum([0] + [len(p) for p in self._parts])
+        if self.stats.get("bad_lines") or self.stats.get("bad_rows"):
+            logger.warning("%s: skipped %d bad rows (first: %s)", self.path,
+                           self.stats.get("bad_lines", 0) + self.stats.get("bad_rows", 0),
+                           "; ".join(self.bad_rows[:3]))
+        if not len(self):
+            raise DataError(self._empty_message())
+        logger.info("%s: %d rows (%s)", self.path if len(self.sources) == 1 else
+                    f"{len(self.sources)} files", len(self),
+                    ", ".join(f"{k}={v}" for k, v in self.stats.items()))
 
-    # ------------------------------------------------------------------ indexing
-    def _build_index(self) -> np.ndarray:
-        start = time.perf_counter()
-        st = self.path.stat()
-        self._fingerprint = (st.st_size, st.st_mtime_ns)
-        offsets = array("q")
-        hashes = array("Q")
-        stats = {"lines": 0, "blank": 0, "too_short": 0, "bad_lines": 0, "truncated": 0, "duplicates": 0}
-        try:
-            for line in iter_lines(self.path, max_chars=self.max_chars):
-                stats["lines"] += 1
-                text = line.text
-                if text is None:
-                    if self.on_bad_line == "error":
-                        raise DataError(f"{self.path}:{line.lineno}: {line.problem}; {_HINT}")
-                    stats["bad_lines"] += 1
-                    if len(self.bad_line_numbers) < _MAX_REPORTED_BAD:
-                        self.bad_line_numbers.append(line.lineno)
-                    continue
-                if len(text) < self.min_chars:
-                    stats["blank" if not text else "too_short"] += 1
-                    continue
-                stats["truncated"] += line.truncated
-                offsets.append(line.offset)
-                if self.dedup:
-                    hashes.append(_hash64(text))
-        except (OSError, EOFError) as err:  # unreadable file, corrupt or cut .gz stream
-            raise DataError(f"{self.path}: cannot read the file ({err}); check it is intact") from err
-        index = np.frombuffer(offsets, dtype=np.int64) if offsets else np.empty(0, np.int64)
-        if self.dedup and len(index):
-            _, first = np.unique(np.frombuffer(hashes, dtype=np.uint64), return_index=True)
-            keep = np.sort(first)
-            stats["duplicates"] = len(index) - len(keep)
-            index = index[keep]
-        stats["sentences"] = len(index)
-        self.stats = stats
-        if stats["bad_lines"]:
-            logger.warning("%s: skipped %d bad lines (first at lines %s)", self.path,
-                           stats["bad_lines"], ", ".join(map(str, self.bad_line_numbers[:5])))
-        if not len(index):
-            raise DataError(f"{self.path}: no sentences in the corpus ({stats['lines']} lines: "
-                            f"{stats['blank']} blank, {stats['too_short']} shorter than "
-                            f"{self.min_chars} chars, {stats['bad_lines']} bad); "
-                            "give a file with one sentence per line")
-        logger.info("%s: %d sentences indexed in %.1fs (%s)", self.path, len(index),
-                    time.perf_counter() - start, ", ".join(f"{k}={v}" for k, v in stats.items()))
-        return np.ascontiguousarray(index)
+    # ------------------------------------------------------------------ set-up
+    def _columns(self, requested: tuple[str, ...] | None) -> tuple[str, ...]:
+        if self.sources[0].kind == TEXT:
+            if requested and requested != ("text",):
+                raise ConfigError(f"{self.path}: plain text has one sentence per line and no "
+                                  f"columns; drop --text-column (or give JSONL/CSV/Parquet)")
+            return ("text",)
+        from csekit.data.tabular import resolve_columns, schema_of
+
+        chosen = None
+        for src in self.sources:
+            cols = resolve_columns(src, schema_of(src), requested)
+            if chosen is not None and cols != chosen:
+                raise DataError(f"{src.path}: text column {cols[0]!r} differs from "
+                                f"{chosen[0]!r} in {self.path}; pass --text-column")
+            chosen = cols
+        assert chosen is not None
+        return chosen
+
+    def _build(self, folder: Path) -> dict[str, Any]:
+        kw = {"dedup": self.dedup, "on_bad_line": self.on_bad_line,
+              "min_chars": self.min_chars, "max_chars": self.max_chars}
+        if self.sources[0].kind == TEXT:
+            return build_text(self.sources, folder, **kw)  # type: ignore[arg-type]
+        return build_columns(self.sources, self.columns, folder, **kw)  # type: ignore[arg-type]
+
+    def _open_parts(self, meta: dict[str, Any]) -> list[_TextPart | _ColumnPart]:
+        if meta["kind"] == "text":
+            parts: list[_TextPart | _ColumnPart] = []
+            for i, (src, p) in enumerate(zip(self.sources, meta["parts"])):
+                path = self.index_dir / p["data"] if p["data"] else src.path
+                offsets = np.load(self.index_dir / f"offsets-{i}.npy", mmap_mode="r")
+                parts.append(_TextPart(path, offsets, self.max_chars))
+            return parts
+        return [_ColumnPart(self.index_dir, len(self.columns), meta["parts"][0]["n"])]
+
+    def _empty_message(self) -> str:
+        s = self.stats
+        if "lines" in s:
+            return (f"{self.path}: no sentences in the corpus ({s['lines']} lines: {s['blank']} "
+                    f"blank, {s['too_short']} shorter than {self.min_chars} chars, "
+                    f"{s['bad_lines']} bad); give a file with one sentence per line")
+        return (f"{self.path}: no rows with text left ({s['rows']} rows: {s['bad_rows']} bad, "
+                f"{s['too_short']} shorter than {self.min_chars} chars)")
 
     def _check_unchanged(self) -> None:
-        st = self.path.stat()
-        if (st.st_size, st.st_mtime_ns) != self._fingerprint:
-            raise DataError(f"{self.path}: the file changed after it was indexed; restart the run")
+        for src, fp in zip(self.sources, self._fingerprints):
+            if src.fingerprint() != fp:
+                raise DataError(f"{src.path}: the file changed after it was indexed; restart "
+                                f"the run")
 
     # ------------------------------------------------------------------ sizes
     def __len__(self) -> int:
-        """Number of sentences kept after cleaning and de-duplication."""
-        return len(self._offsets)
+        """Rows kept after cleaning and de-duplication."""
+        return int(self._cum[-1])
 
     def num_batches(self, batch_size: int) -> int:
         """Full global batches per epoch (the last incomplete batch is dropped)."""
@@ -162,68 +231,84 @@ class SentenceCorpus:
                             f"{batch_size}; use a smaller --batch-size or a larger corpus")
 
     # ------------------------------------------------------------------ reading
-    def __iter__(self) -> Iterator[str]:
-        """The kept sentences in file order (streamed)."""
+    def rows(self, idx: np.ndarray | Sequence[int]) -> list[Row]:
+        """The rows with the given global indices (0 <= i < len), in that order."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"row index out of range 0..{len(self) - 1}")
+        if len(self._parts) == 1:
+            return self._parts[0].read(idx)
+        part = np.searchsorted(self._cum, idx, side="right") - 1
+        out: list[Row] = [""] * len(idx)
+        for p in np.unique(part).tolist():
+            where = np.flatnonzero(part == p)
+            for j, row in zip(where.tolist(), self._parts[p].read(idx[where] - self._cum[p])):
+                out[j] = row
+        return out
+
+    def __iter__(self) -> Iterator[Row]:
+        """Every kept row in source order."""
         self._check_unchanged()
-        offsets = self._offsets
-        j = 0
-        for line in iter_lines(self.path, max_chars=self.max_chars):
-            if j == len(offsets):
-                return
-            if line.offset == offsets[j]:
-                j += 1
-                yield line.text  # type: ignore[misc]  # validated while indexing
+        for a in range(0, len(self), _READ_CHUNK):
+            yield from self.rows(np.arange(a, min(a + _READ_CHUNK, len(self))))
 
-    def batches(
-        self, batch_size: int, *, seed: int, epoch: int = 0, skip: int = 0, shuffle: bool = True
-    ) -> Iterator[list[str]]:
-        """Global batches of one epoch, deterministic in (seed, epoch).
+    def batches(self, batch_size: int, *, seed: int, epoch: int = 0, skip: int = 0,
+                shuffle: bool = True, rank: int = 0, world: int = 1) -> Iterator[list[Row]]:
+        """Batches of one epoch, deterministic in (seed, epoch); see the module docstring.
 
-        ``skip`` is the number of batches already consumed in this epoch: ``batches(..., skip=k)``
-        yields exactly the batches ``k, k+1, ...`` of ``batches(..., skip=0)`` (resume).
-        ``shuffle=False`` keeps file order.
+        Yields this process's ``batch_size // world`` rows of each global batch (all of it for
+        ``world=1``); concatenating the slices of ranks 0..world-1 gives the global batch.
+        ``skip=k`` yields exactly batches ``k, k+1, ...`` of ``skip=0`` (resume).
         """
         self.check_batch_size(batch_size)
+        if world < 1 or not 0 <= rank < world or batch_size % world:
+            raise ConfigError(f"rank {rank} of {world} processes cannot split a global batch "
+                              f"of {batch_size}")
         n_batches = self.num_batches(batch_size)
         if not 0 <= skip <= n_batches:
             raise ConfigError(f"skip={skip} is outside 0..{n_batches} batches of this epoch")
         self._check_unchanged()
-        if self.is_gzip and len(self) > self.shuffle_buffer and shuffle:
-            yield from self._buffered_batches(batch_size, seed, epoch, skip, n_batches)
-            return
-        n = len(self)
-        order = permutation(n, seed, epoch) if shuffle else np.arange(n, dtype=np.int64)
-        if self.is_gzip:  # small enough to hold: same permutation as the plain file
-            sentences = list(self)
-            for b in range(skip, n_batches):
-                yield [sentences[i] for i in order[b * batch_size:(b + 1) * batch_size]]
-            return
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for b in range(skip, n_batches):
-                offs = self._offsets[order[b * batch_size:(b + 1) * batch_size]]
-                batch: list[str] = [""] * batch_size
-                for j in np.argsort(offs, kind="stable"):  # read in file order for locality
-                    try:
-                        batch[j] = read_line_at(fd, int(offs[j]), max_chars=self.max_chars)
-                    except ValueError as err:
-                        raise DataError(f"{self.path}: the file changed after it was indexed "
-                                        f"({err}); restart the run") from err
-                yield batch
-        finally:
-            os.close(fd)
+        perm = FeistelPermutation(len(self), seed, epoch) if shuffle else None
+        local = batch_size // world
+        for b in range(skip, n_batches):
+            start = b * batch_size + rank * local
+            pos = np.arange(start, start + local, dtype=np.int64)
+            yield self.rows(perm[pos] if perm is not None else pos)
 
-    def _buffered_batches(self, batch_size: int, seed: int, epoch: int, skip: int,
-                          n_batches: int) -> Iterator[list[str]]:
-        stream = buffered_shuffle(iter(self), self.shuffle_buffer, make_rng(seed, epoch))
-        batch: list[str] = []
-        b = 0
-        for sentence in stream:
-            batch.append(sentence)
-            if len(batch) == batch_size:
-                if b >= skip:
-                    yield batch
-                b += 1
-                batch = []
-                if b == n_batches:
-                    return
+    def close(self) -> None:
+        for p in self._parts:
+            p.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What `csekit data check` prints."""
+        return {"files": [str(s.path) for s in self.sources],
+                "format": self.sources[0].kind if self.sources[0].kind != TEXT else
+                ("text.gz" if self.sources[0].gzip else "text"),
+                "columns": list(self.columns), **self.stats,
+                "index": str(self.index_dir)}
+
+
+def open_corpus(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
+                text_columns: Sequence[str] | str | None = None, dedup: bool = False,
+                on_bad_line: Literal["error", "skip"] = "error", min_chars: int = 1,
+                max_chars: int = DEFAULT_MAX_CHARS) -> Corpus:
+    """A :class:`Corpus` of ``paths`` (file, folder, glob, comma-separated, or a list)."""
+    return Corpus(paths, text_columns=text_columns, dedup=dedup, on_bad_line=on_bad_line,
+                  min_chars=min_chars, max_chars=max_chars)
+
+
+class SentenceCorpus(Corpus):
+    """A corpus of one text column (rows are ``str``): plain text, or the unambiguous (or
+    ``text_column``) column of a tabular source."""
+
+    def __init__(self, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
+                 text_column: str | None = None, dedup: bool = False,
+                 on_bad_line: Literal["error", "skip"] = "error", min_chars: int = 1,
+                 max_chars: int = DEFAULT_MAX_CHARS) -> None:
+        super().__init__(path, text_columns=(text_column,) if text_column else None, dedup=dedup,
+                         on_bad_line=on_bad_line, min_chars=min_chars, max_chars=max_chars)
+        if len(self.columns) != 1:
+            raise ConfigError(f"{self.path}: SentenceCorpus reads one text column, got "
+                              f"{list(self.columns)}")
+
+

@@ -26,7 +26,7 @@ import yaml
 
 from csekit.clustering.state import INIT_METHODS as CLUSTER_INITS
 from csekit.clustering.update import UPDATE_RULES as CENTROID_UPDATES
-from csekit.data.corpus import ON_BAD_LINE
+from csekit.data.tabular import ON_BAD_LINE
 from csekit.errors import ConfigError
 from csekit.losses.margin import BML_REDUCTIONS
 from csekit.modeling.pooling import MLP_MODES, POOLERS
@@ -81,6 +81,8 @@ class TrainConfig:
     # --- data
     dedup: bool = False
     on_bad_line: str = "error"
+    # --- data formats (#13)
+    text_column: str | None = None  # JSONL/CSV/Parquet/datasets column; None: the unambiguous one
     # --- optimisation
     batch_size: int | None = None  # None: the objective's published default
     learning_rate: float | None = None

@@ -3,9 +3,9 @@
 Accelerate owns the device, mixed precision, DDP wrapping and ``backward``; csekit owns the
 rest, so that every step is exactly what the papers describe:
 
-- the GLOBAL batch of ``batch_size`` sentences comes from ``SentenceCorpus.batches`` (identical
-  on every process); rank r takes rows ``r*b:(r+1)*b`` (b = batch_size / world_size), so that
-  gathering in rank order recreates the global batch;
+- the GLOBAL batch of ``batch_size`` sentences is defined by ``Corpus.batches`` (the same order
+  on every process); rank r reads only rows ``r*b:(r+1)*b`` of it (b = batch_size /
+  world_size), so that gathering in rank order recreates the global batch;
 - each sentence is tokenised once and repeated (rows 2i and 2i+1, :func:`tokenize_pairs`), one
   forward pass; the two dropout views are z[0::2] and z[1::2] (:func:`split_views`);
 - the objective gathers across processes itself; the trainer multiplies its loss by
@@ -125,9 +125,9 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _check_paths(self) -> None:
         cfg = self.config
-        train = Path(cfg.train_file or "")
-        if not train.is_file():
-            raise DataError(f"training corpus {train} not found (--train-file)")
+        from csekit.data.sources import resolve_sources
+
+        resolve_sources(cfg.train_file or "")  # files, folders, globs (#13); DataError if none
         if cfg.data_dir is not None:
             from csekit.evaluation import resolve_data_dir
 
@@ -149,7 +149,8 @@ class Trainer:
 
         cfg = self.config
         # Cheap checks first: a bad corpus or option fails before a model is loaded.
-        self.corpus = SentenceCorpus(cfg.train_file, dedup=cfg.dedup, on_bad_line=cfg.on_bad_line)
+        self.corpus = SentenceCorpus(cfg.train_file, text_column=cfg.text_column, dedup=cfg.dedup,
+                                     on_bad_line=cfg.on_bad_line)
         self.batches_per_epoch = self._count_batches()
         if self.batches_per_epoch < 1:
             raise DataError(f"corpus {cfg.train_file} has fewer sentences than one global batch "
@@ -191,16 +192,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _micro_batches(self) -> Iterator[list[str]]:
-        """Global batches from the saved data position on, across epochs; updates the state."""
+        """This process's slices of the global batches from the saved data position on, across
+        epochs; updates the state."""
         cfg = self.config
         while True:
             if cfg.max_steps is None and self.state.epoch >= cfg.epochs:
                 return
             it = self.corpus.batches(cfg.batch_size, seed=cfg.seed, epoch=self.state.epoch,
-                                     skip=self.state.batches_in_epoch)
+                                     skip=self.state.batches_in_epoch, rank=self.rank,
+                                     world=self.world)
             got = False
             for batch in it:
-                if len(batch) < cfg.batch_size:
+                if len(batch) < cfg.batch_size // self.world:
                     break  # a short last batch is dropped (fixed global batch size)
                 got = True
                 self.state.batches_in_epoch += 1
@@ -211,9 +214,8 @@ class Trainer:
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
 
-    def _local_inputs(self, batch: list[str]) -> dict[str, torch.Tensor]:
-        b = self.config.batch_size // self.world
-        local = batch[self.rank * b:(self.rank + 1) * b]
+    def _local_inputs(self, local: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenised pairs of this process's rows of the global batch."""
         enc = tokenize_pairs(self.encoder.tokenizer, local, self.config.max_seq_len)
         dev = self.accelerator.device
         return {k: v.to(dev) for k, v in enc.items()}
