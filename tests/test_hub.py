@@ -122,35 +122,57 @@ def _cli_env(hub: FakeHub, tmp_path: Path, token: str = TOKEN) -> dict[str, str]
 
 
 def test_cli_push(saved_run: Path, hub: FakeHub, tmp_path: Path) -> None:
+    """The whole command in a fresh process: endpoint and token from the environment."""
     cmd = [sys.executable, "-m", "csekit", "push", str(saved_run), "org/cli-model",
            "--hub-message", "from the cli"]
     p = subprocess.run(cmd, env=_cli_env(hub, tmp_path), capture_output=True, text=True,
-                       timeout=120)
+                       timeout=300)
     assert p.returncode == 0, p.stderr
     assert f"{hub.url}/org/cli-model/commit/" in p.stdout
     assert hub.commits[-1]["summary"] == "from the cli" and set(hub.unknown) <= INCIDENTAL
-    p = subprocess.run(cmd, env=_cli_env(hub, tmp_path, token="bad"), capture_output=True,
-                       text=True, timeout=120)
-    assert p.returncode == 1
-    assert p.stderr.strip().startswith("csekit: error: the Hub refused")
-    assert len(p.stderr.strip().splitlines()) == 1
+    assert hub.repos["org/cli-model"]["files"]["model.safetensors"] == \
+        (saved_run / "model.safetensors").read_bytes()
 
 
+def test_cli_push_errors(saved_run: Path, hub: FakeHub, online, tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from huggingface_hub import constants
+
+    from csekit.cli.main import main
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_TOKEN", "bad")
+    assert main(["push", str(saved_run), "org/x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("csekit: error: the Hub refused")
+    assert main(["push", str(tmp_path), "org/x"]) == 2
+    assert "not a saved model folder" in capsys.readouterr().err
+    corpus = make_corpus(tmp_path / "corpus.txt", n=20)
+    # --push-to-hub is checked before anything is loaded or written
+    assert main(["train", "--train-file", str(corpus), "--output-dir", str(tmp_path / "r"),
+                 "--push-to-hub", "not/a/valid/id"]) == 2
+    assert "not a valid Hub repo id" in capsys.readouterr().err
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["train", "--train-file", str(corpus), "--output-dir", str(tmp_path / "r"),
+                 "--push-to-hub", "me/ok"]) == 2
+    assert "offline mode" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
 def test_cli_train_push_to_hub(tiny_bert_dir: Path, hub: FakeHub, tmp_path: Path) -> None:
+    """A real (tiny) `csekit train --push-to-hub` in a fresh process (two subprocess runs of
+    csekit train cost about a minute on a loaded 2-core machine: slow)."""
     corpus = make_corpus(tmp_path / "corpus.txt", n=40)
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "csekit", "train", "--model", str(tiny_bert_dir),
-            "--train-file", str(corpus), "--output-dir", str(out), "--batch-size", "8",
-            "--max-steps", "2", "--no-progress", "--push-to-hub"]
-    # a bad repo id fails before any training
-    p = subprocess.run(base + ["not/a/valid/id"], env=_cli_env(hub, tmp_path),
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2 and "not a valid Hub repo id" in p.stderr
-    assert not out.exists()
-    p = subprocess.run(base + ["me/trained"], env=_cli_env(hub, tmp_path), capture_output=True,
-                       text=True, timeout=300)
+    cmd = [sys.executable, "-m", "csekit", "train", "--model", str(tiny_bert_dir),
+           "--train-file", str(corpus), "--output-dir", str(out), "--batch-size", "8",
+           "--max-steps", "2", "--no-progress", "--push-to-hub", "me/trained"]
+    p = subprocess.run(cmd, env=_cli_env(hub, tmp_path), capture_output=True, text=True,
+                       timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     files = hub.repos["me/trained"]["files"]
     assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
     assert "config.yaml" in files and not any(f.startswith("checkpoints") for f in files)
+    assert "# me/trained" in files["README.md"].decode()
     assert set(hub.unknown) <= INCIDENTAL
