@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import REPO_ROOT, shared_root, write_results  # noqa: E402
+from benchmarks._common import REPO_ROOT, shared_root, write_results
 
 
 def minilm_path() -> str:
@@ -66,7 +66,6 @@ def _config(spec: dict[str, Any], output_dir: str):
 def _evaluate(folder: str, data_dir: str) -> dict[str, Any]:
     from csekit.evaluation import evaluate_sts
     from csekit.modeling.encoder import Encoder
-
     from csekit.training.model_io import available_test_tasks
 
     enc = Encoder.from_pretrained(folder, backend="auto")

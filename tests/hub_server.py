@@ -59,12 +59,12 @@ class FakeHub:
                 n = int(self.headers.get("Content-Length") or 0)
                 return self.rfile.read(n) if n else b""
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 hub.requests.append(("GET", self.path))
                 hub.unknown.append(("GET", self.path))
                 self._send(404, {"error": "not implemented by the fake hub"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 path = self.path.split("?")[0]
                 hub.requests.append(("POST", path))
                 body = self._body()

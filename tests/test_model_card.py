@@ -16,8 +16,8 @@ from csekit.modeling.model_card import build_model_card, hub_id_or_none
 from csekit.training import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_corpus  # noqa: E402
-from test_train_eval import make_senteval  # noqa: E402
+from test_train import make_corpus
+from test_train_eval import make_senteval
 
 
 def test_card_of_a_real_run_holds_its_results(tiny_bert_dir: Path, tmp_path: Path) -> None:

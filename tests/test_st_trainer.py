@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("datasets")
 
-from csekit.modeling.encoder import Encoder  # noqa: E402
-from csekit.st import LOSS_STATE_FILE, ClusterNSLoss, SentenceTransformerTrainer  # noqa: E402
+from csekit.modeling.encoder import Encoder
+from csekit.st import LOSS_STATE_FILE, ClusterNSLoss, SentenceTransformerTrainer
 
 WORDS = ["the", "city", "river", "album", "song", "was", "released", "in", "a", "new", "team",
          "film", "school", "north", "south", "church", "village", "game", "one", "two", "known"]
@@ -89,9 +89,9 @@ def test_clusterns_checkpoint_and_resume_into_another_folder(st_folder: Path,
 
 def test_resume_before_clustering_started(st_folder: Path, tmp_path: Path) -> None:
     """A checkpoint written before the start restores 'not started' (empty centroids)."""
-    from csekit.st import save_loss_state
-
     from sentence_transformers import SentenceTransformer
+
+    from csekit.st import save_loss_state
 
     loss = ClusterNSLoss(SentenceTransformer(str(st_folder), device="cpu"), **OPTS)
     save_loss_state(loss, tmp_path)
@@ -105,7 +105,7 @@ def test_resume_before_clustering_started(st_folder: Path, tmp_path: Path) -> No
 
 def test_generated_model_card_names_the_loss_and_cites_the_paper(st_folder: Path,
                                                                   tmp_path: Path) -> None:
-    model, _, trainer = run(st_folder, tmp_path / "card", max_steps=1)
+    model, _, _ = run(st_folder, tmp_path / "card", max_steps=1)
     model.save(str(tmp_path / "saved"))
     card = (tmp_path / "saved" / "README.md").read_text(encoding="utf-8")
     assert "csekit.st.losses.ClusterNSLoss" in card

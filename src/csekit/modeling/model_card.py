@@ -58,9 +58,9 @@ def _sts_section(test: dict[str, Any] | None, dev: dict[str, Any] | None) -> lis
         n = test.get("n_pairs", {})
         names = [_TASK_NAMES.get(t, t) for t in sp] + ["avg"]
         lines += [
-            "STS test of this model, SentEval protocol as SimCSE uses it (STS12-16 in the "
-            "\"all\" setting, STS-B and SICK-R test splits), Spearman x 100 of cosine "
-            "similarities, computed by `csekit eval` at the end of training:",
+            ("STS test of this model, SentEval protocol as SimCSE uses it (STS12-16 in the "
+             "\"all\" setting, STS-B and SICK-R test splits), Spearman x 100 of cosine "
+             "similarities, computed by `csekit eval` at the end of training:"),
             "",
             "| " + " | ".join(names) + " |",
             "|" + "---|" * len(names),
@@ -70,11 +70,11 @@ def _sts_section(test: dict[str, Any] | None, dev: dict[str, Any] | None) -> lis
             lines.append("| " + " | ".join(str(n.get(t, "")) for t in sp) + " | pairs |")
         lines.append("")
     else:
-        lines += ["No STS test results were recorded for this folder (the final test had not "
-                  "run when it was saved, or training ran without `--data-dir`).", ""]
+        lines += [("No STS test results were recorded for this folder (the final test had not "
+                   "run when it was saved, or training ran without `--data-dir`)."), ""]
     if dev and dev.get("stsb_spearman") is not None:
-        lines += [f"Selected as the best checkpoint on STS-B dev: Spearman x 100 = "
-                  f"{dev['stsb_spearman']:.2f} at step {dev.get('step')}.", ""]
+        lines += [(f"Selected as the best checkpoint on STS-B dev: Spearman x 100 = "
+                   f"{dev['stsb_spearman']:.2f} at step {dev.get('step')}."), ""]
     return lines
 
 
