@@ -16,7 +16,7 @@ import sys
 from csekit import __version__
 from csekit.errors import CsekitError
 
-SUBCOMMANDS = ("train", "eval", "encode", "data")
+SUBCOMMANDS = ("train", "eval", "encode", "data", "push")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,8 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     # Only csekit's own INFO messages; third-party libraries stay at WARNING.
-    for noisy in ("transformers", "accelerate", "sentence_transformers", "urllib3", "filelock"):
+    for noisy in ("transformers", "accelerate", "sentence_transformers", "urllib3", "filelock",
+                  "httpx", "httpx2", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
 
 

@@ -127,6 +127,13 @@ def register(subparsers: Any) -> None:
         p.add_argument(flag, dest=f.name, type=kind, default=None,
                        choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES else
                        f.name.upper(), help=f"{help_text} (default {shown})")
+    # (issue 16) upload the best model when the run completes; not a TrainConfig option
+    p.add_argument("--push-to-hub", metavar="REPO", default=None,
+                   help="when training completes, upload the output folder's model to this "
+                        "Hub repo (as `csekit push`; checked before training starts)")
+    from csekit.cli.push_cmd import add_hub_options
+
+    add_hub_options(p)
     p.set_defaults(func=run_train)
 
 
@@ -143,6 +150,11 @@ def run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate: only rank 0 talks
         logging.getLogger("csekit").setLevel(logging.WARNING)
     cfg = config_from_args(args)
+    repo = getattr(args, "push_to_hub", None)
+    if repo:
+        from csekit.modeling.hub import check_push_target
+
+        check_push_target(repo)  # fail now, not after hours of training
     result = Trainer(cfg).train()
     if result.stopped == "interrupted":
         print(f"csekit: interrupted at step {result.steps}; checkpoint written, continue with "
@@ -151,6 +163,10 @@ def run_train(args: argparse.Namespace) -> int:
         best = "n/a" if result.best_score is None else f"{result.best_score:.2f}"
         print(f"csekit: {result.stopped} after {result.steps} steps; best STS-B dev {best} "
               f"(step {result.best_step}); model saved to {cfg.output_dir}", flush=True)
+        if repo and result.exit_code == 0:
+            from csekit.cli.push_cmd import push
+
+            push(cfg.output_dir, repo, args)
     return result.exit_code
 
 

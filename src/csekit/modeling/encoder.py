@@ -27,6 +27,7 @@ from csekit.atomic import atomic_dir
 from csekit.errors import ConfigError, ModelLoadError
 from csekit.modeling.cpu_fastpath import fastpath_enabled, fused_cpu_linears
 from csekit.modeling.fast_encode import pad_batch, plan_batches, progress_bar
+from csekit.modeling.model_card import CARD_FILE, build_model_card
 from csekit.modeling.pooling import HIDDEN_STATE_POOLERS, MLP_MODES, POOLERS, MLPHead, pool_tokens
 from csekit.modeling.resolve import check_transformer_dir, resolve_model_dir
 from csekit.modeling.st_format import read_st_modules, write_st_modules
@@ -340,6 +341,9 @@ class Encoder(nn.Module):
             }
             (tmp / CSEKIT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n",
                                            encoding="utf-8")
+            # (issue 16) the model card, from the same metadata
+            (tmp / CARD_FILE).write_text(build_model_card(json.loads(json.dumps(meta, default=str))),
+                                         encoding="utf-8")
         logger.info("saved encoder to %s", path)
 
     @classmethod

@@ -1,0 +1,111 @@
+"""csekit.st losses under DDP (two gloo CPU processes) == one process on the global batch.
+
+Each process wraps the same tiny SentenceTransformer in DistributedDataParallel (what the
+transformers trainer does), puts it into the loss as the trainer does
+(``override_model_in_loss``: ``loss.model = wrapped``), embeds its half of the batch and calls
+``backward`` on the returned loss with no scaling of its own. After DDP's gradient averaging
+the model's gradients, the head's gradients (averaged by the loss's hook; the heads start
+from different seeds and are broadcast from rank 0) and the loss values must equal those of a
+single process on the whole batch, over a SimCSE step and a clustering step of ClusterNS.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+from torch import nn
+
+pytest.importorskip("sentence_transformers")
+
+WORLD, B, STEPS = 2, 8, 2
+OPTS = {"n_clusters": 4, "kmeans_start_cosine": 1.0, "kmeans_lr": 0.2, "bml_weight": 0.5,
+        "alpha": 0.1, "beta": 0.3, "seed": 1}
+WORDS = ["the", "city", "river", "album", "song", "was", "released", "in", "a", "new", "team",
+         "film", "school", "north", "south", "church", "village", "game", "one", "two"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _batch(step: int) -> list[str]:
+    rng = random.Random(step)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(B)]
+
+
+def _run(rank: int, world: int, folder: str) -> dict[str, list[torch.Tensor]]:
+    from sentence_transformers import SentenceTransformer
+
+    from csekit.st import ClusterNSLoss
+
+    model = SentenceTransformer(folder, device="cpu")
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    torch.manual_seed(100 + rank)  # different head init per rank: the broadcast must fix it
+    loss = ClusterNSLoss(model, mlp=True, **OPTS)
+    if world > 1:
+        loss.model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    rec: dict[str, list[torch.Tensor]] = {"loss": [], "model_grads": [], "head_grads": [],
+                                          "head": [], "centroids": []}
+    b = B // world
+    prep = getattr(model, "preprocess", None) or model.tokenize
+    for step in range(STEPS):
+        local = _batch(step)[rank * b:(rank + 1) * b]
+        for p in loss.parameters():
+            p.grad = None
+        out = loss([dict(prep(local)), dict(prep(local))], None)
+        out.backward()
+        rec["loss"].append(out.detach().clone())
+        rec["model_grads"].append(torch.cat([p.grad.flatten() for p in model.parameters()
+                                             if p.grad is not None]))
+        rec["head_grads"].append(torch.cat([p.grad.flatten() for p in loss.head.parameters()]))
+        rec["head"].append(torch.cat([p.detach().flatten() for p in loss.head.parameters()]))
+        rec["centroids"].append(loss.objective.centroids.detach().clone())
+    return rec
+
+
+def _worker(rank: int, world: int, port: int, folder: str, out_dir: str) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                             world_size=world)
+    try:
+        torch.save(_run(rank, world, folder), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes importing sentence-transformers: minutes when loaded
+def test_ddp_equals_single_process(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from csekit.modeling.encoder import Encoder
+
+    folder = tmp_path / "model"
+    Encoder.from_pretrained(str(tiny_bert_dir), pooler="cls_before_pooler", mlp="none").save(folder)
+    mp.spawn(_worker, args=(WORLD, _free_port(), str(folder), str(tmp_path)), nprocs=WORLD,
+             join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    # the single-process reference uses rank 0's head init (the one that is broadcast)
+    single = _run(0, 1, str(folder))
+    for step in range(STEPS):
+        for r in ranks:
+            torch.testing.assert_close(r["head"][step], single["head"][step], atol=0, rtol=0)
+            torch.testing.assert_close(r["loss"][step], single["loss"][step], atol=1e-6, rtol=0)
+            torch.testing.assert_close(r["model_grads"][step], single["model_grads"][step],
+                                       atol=1e-6, rtol=1e-4)
+            torch.testing.assert_close(r["head_grads"][step], single["head_grads"][step],
+                                       atol=1e-6, rtol=1e-4)
+            torch.testing.assert_close(r["centroids"][step], single["centroids"][step],
+                                       atol=1e-6, rtol=0)
+        assert torch.equal(ranks[0]["centroids"][step], ranks[1]["centroids"][step])
+    assert ranks[0]["centroids"][1].shape == (4, 32)  # step 2 ran with clusters
