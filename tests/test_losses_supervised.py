@@ -22,10 +22,8 @@ T = 0.05
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    dot = sum(a[k] * b[k] for k in range(a.shape[0]))
-    na = torch.sqrt(sum(a[k] * a[k] for k in range(a.shape[0])))
-    nb = torch.sqrt(sum(b[k] * b[k] for k in range(b.shape[0])))
-    return dot / (na * nb)
+    """cos of two (d,) float64 vectors, one pair at a time."""
+    return torch.dot(a, b) / torch.sqrt(torch.dot(a, a) * torch.dot(b, b))
 
 
 def loop_loss(z1, z2, z3, *, t=T, w=0.0, focal=False, m=0.3, extra=None) -> torch.Tensor:
