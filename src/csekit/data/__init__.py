@@ -1,6 +1,7 @@
 """Training data: streamed corpus, deterministic batching, tokenising collator, downloads."""
 
-from csekit.data.collate import split_views, tokenize_pairs
+from csekit.data.collate import split_views, tokenize_pairs, tokenize_views
 from csekit.data.corpus import SentenceCorpus
+from csekit.data.triplets import TripletCorpus
 
-__all__ = ["SentenceCorpus", "split_views", "tokenize_pairs"]
+__all__ = ["SentenceCorpus", "TripletCorpus", "split_views", "tokenize_pairs", "tokenize_views"]
