@@ -14,14 +14,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
 
     dl = sub.add_parser(
-        "download", help="fetch SentEval STS/SICK files and SimCSE's wiki1m corpus",
+        "download", help="fetch SentEval STS/SICK files, SimCSE's wiki1m corpus, NLI triplets",
         description="Fetch SentEval's STS12-16, STS-B and SICK files (from SimCSE's senteval.tar) "
-                    "and wiki1m_for_simcse.txt, verify checksums, resume partial downloads.")
+                    "and wiki1m_for_simcse.txt (and with --nli SimCSE's nli_for_simcse.csv), "
+                    "verify checksums, resume partial downloads.")
     dl.add_argument("--dest", type=Path, default=None,
                     help="data folder to fill (default: $CSEKIT_DATA or ./data); "
                          "it can then be passed to `csekit eval --data-dir`")
-    dl.add_argument("--what", default="senteval,wiki1m",
-                    help="comma-separated items: senteval, wiki1m (default: both)")
+    dl.add_argument("--what", default=None,
+                    help="comma-separated items: senteval, wiki1m, nli (default: senteval,wiki1m)")
+    dl.add_argument("--nli", action="store_true",
+                    help="fetch SimCSE's nli_for_simcse.csv (supervised triplets sent0,sent1,"
+                         "hard_neg); alone it fetches only that, with --what it adds it")
     dl.add_argument("--base-url", default=None,
                     help="download from this URL prefix instead of the Hugging Face hub "
                          "(also $CSEKIT_DOWNLOAD_BASE_URL)")
@@ -49,7 +53,11 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _download(args: argparse.Namespace) -> int:
     from csekit.data.download import download
 
-    paths = download(args.dest, args.what, base_url=args.base_url,
+    what = args.what
+    if args.nli:
+        what = "nli" if what is None else f"{what},nli"
+    paths = download(args.dest, what if what is not None else "senteval,wiki1m",
+                     base_url=args.base_url,
                      keep_archive=args.keep_archive, timeout=args.timeout)
     for item, path in paths.items():
         print(f"{item}: {path}")
