@@ -1,4 +1,5 @@
-"""``csekit data download | check``: fetch the evaluation data and corpus; vet a training file."""
+"""``csekit data download | check | sick-triplets``: fetch the evaluation data and corpora; vet a
+training file; build a small offline NLI triplet file from SICK train + trial."""
 
 from __future__ import annotations
 
@@ -44,6 +45,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     help="also check the corpus fills at least one global batch of this size")
     ck.set_defaults(func=_check)
 
+    st = sub.add_parser(
+        "sick-triplets", help="build a tiny sent0,sent1,hard_neg CSV from SICK train + trial",
+        description="Offline NLI triplets for trying supervised training: every premise of SICK "
+                    "train (+ trial) with both an entailed and a contradicted hypothesis gives "
+                    "one (premise, entailed, contradicted) row per combination (165 distinct from "
+                    "train, 2 from trial). Tiny, and the very domain of the SICK-R test set: a smoke "
+                    "test, not a replacement for nli_for_simcse.csv. The test split is never read.")
+    st.add_argument("--data-dir", default=None,
+                    help="SentEval folder (contains downstream/; default $CSEKIT_DATA)")
+    st.add_argument("--out", type=Path, required=True, help="CSV to write (atomically)")
+    st.add_argument("--splits", default="train,trial", help="SICK splits: train, trial")
+    st.set_defaults(func=_sick_triplets)
+
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
@@ -74,4 +88,15 @@ def _check(args: argparse.Namespace) -> int:
     if corpus.bad_line_numbers:
         report["first_bad_lines"] = corpus.bad_line_numbers
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def _sick_triplets(args: argparse.Namespace) -> int:
+    from csekit.data.sick_triplets import sick_triplets, write_triplets_csv
+    from csekit.evaluation import resolve_data_dir
+
+    splits = [x.strip() for x in args.splits.split(",") if x.strip()]
+    rows = sick_triplets(resolve_data_dir(args.data_dir) / "SICK", splits)
+    path = write_triplets_csv(rows, args.out)
+    print(json.dumps({"file": str(path), "triplets": len(rows), "splits": splits}))
     return 0
