@@ -33,8 +33,7 @@ def write(path: Path, rows, header=HEADER, fmt: str | None = None) -> Path:
             w.writerows(rows)
     elif fmt == "jsonl":
         with open(path, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(dict(zip(header, r, strict=True))) + "\n")
+            f.writelines(json.dumps(dict(zip(header, r, strict=True))) + "\n" for r in rows)
     elif fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -160,7 +159,8 @@ def test_tokenize_views_layout(tiny_bert_dir: Path) -> None:
 
     z = torch.arange(12.0).reshape(6, 2)
     v1, v2, v3 = split_views(z, 3)
-    assert v1.tolist() == [[0, 1], [6, 7]] and v3.tolist() == [[4, 5], [10, 11]]
+    assert v1.tolist() == [[0, 1], [6, 7]] and v2.tolist() == [[2, 3], [8, 9]]
+    assert v3.tolist() == [[4, 5], [10, 11]]
     with pytest.raises(ValueError):
         split_views(z[:5], 3)
     with pytest.raises(ValueError):
