@@ -35,8 +35,8 @@ def write(path: Path, rows, header=HEADER, fmt: str | None = None) -> Path:
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(dict(zip(header, r, strict=True))) + "\n" for r in rows)
     elif fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        pa = pytest.importorskip("pyarrow")
+        pq = pytest.importorskip("pyarrow.parquet")
 
         cols = {h: [r[k] for r in rows] for k, h in enumerate(header)}
         pq.write_table(pa.table(cols), path)
@@ -105,6 +105,7 @@ def test_file_errors_are_one_line_data_errors(tmp_path: Path) -> None:
         TripletCorpus(p)
     with pytest.raises(DataError, match="no column"):
         TripletCorpus(p, columns="premise,nope")
+    pytest.importorskip("pyarrow")
     (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match="Parquet"):
         TripletCorpus(tmp_path / "broken.parquet")
