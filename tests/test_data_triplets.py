@@ -105,10 +105,6 @@ def test_file_errors_are_one_line_data_errors(tmp_path: Path) -> None:
         TripletCorpus(p)
     with pytest.raises(DataError, match="no column"):
         TripletCorpus(p, columns="premise,nope")
-    pytest.importorskip("pyarrow")
-    (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(DataError, match="Parquet"):
-        TripletCorpus(tmp_path / "broken.parquet")
     (tmp_path / "latin.csv").write_bytes(b"sent0,sent1\ncaf\xe9,b\n")
     with pytest.raises(DataError, match="UTF-8"):
         TripletCorpus(tmp_path / "latin.csv")
@@ -122,6 +118,10 @@ def test_file_errors_are_one_line_data_errors(tmp_path: Path) -> None:
             parse_columns(bad)
     for err in (DataError, ConfigError):
         assert issubclass(err, CsekitError)
+    pytest.importorskip("pyarrow")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="Parquet"):
+        TripletCorpus(tmp_path / "broken.parquet")
 
 
 def test_mode_from_the_file(tmp_path: Path) -> None:
