@@ -86,13 +86,13 @@ def test_batches_use_the_sentence_corpus_permutation_and_resume(tmp_path: Path) 
 def test_bad_rows_error_or_skip_and_dedup(tmp_path: Path) -> None:
     rows = list(ROWS[:4]) + [("p", "", "n"), ("p", "e", "  ")] + [ROWS[0]]
     p = write(tmp_path / "bad.csv", rows)
-    with pytest.raises(DataError, match=r"row \d+: column sent1 is missing or empty"):
+    with pytest.raises(DataError, match=r"bad.csv:10: column sent1 is missing or empty"):
         TripletCorpus(p)
     c = TripletCorpus(p, on_bad_line="skip", dedup=True)
     assert len(c) == 4 and c.stats["bad_rows"] == 2 and c.stats["duplicates"] == 1
     j = tmp_path / "bad.jsonl"
     j.write_text('{"sent0": "a", "sent1": "b"}\n{"sent0": "a", "sent1": 3}\n')
-    with pytest.raises(DataError, match="row 2: column sent1"):
+    with pytest.raises(DataError, match="bad.jsonl:2: column sent1"):
         TripletCorpus(j)
     j.write_text('{"sent0": "a", "sent1": "b"}\nnot json\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
@@ -166,3 +166,21 @@ def test_tokenize_views_layout(tiny_bert_dir: Path) -> None:
         split_views(z[:5], 3)
     with pytest.raises(ValueError):
         tokenize_views(tok, [("a", "b"), ("c",)])
+
+
+def test_cli_check_reports_the_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_download import run_cli
+
+    rows = list(ROWS[:5]) + [("p", "", "n")]
+    p = write(tmp_path / "nli.csv", rows)
+    assert run_cli(["data", "check", str(p), "--on-bad-line", "skip"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["mode"] == "triplets" and report["kept"] == 5 and report["bad_rows"] == 1
+    assert report["columns"] == list(HEADER) and report["first_bad_rows"] == [12]
+    # (the header is line 1 and each row above spans 2 lines: a quoted newline)
+    assert run_cli(["data", "check", str(p), "--on-bad-line", "skip",
+                    "--text-columns", "sent0,sent1"]) == 0
+    assert json.loads(capsys.readouterr().out)["mode"] == "pairs"
+    assert run_cli(["data", "check", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("csekit: error:") and "column sent1 is missing" in err

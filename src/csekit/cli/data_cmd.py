@@ -35,12 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     dl.set_defaults(func=_download)
 
     ck = sub.add_parser("check", help="index a training corpus and print its statistics",
-                        description="Read a one-sentence-per-line corpus (plain or .gz) with the "
-                                    "training rules and print what would be kept.")
+                        description="Read a one-sentence-per-line corpus (plain or .gz), or a "
+                                    "table of NLI pairs / triplets (.csv, .tsv, .jsonl, "
+                                    ".parquet), with the training rules and print what would "
+                                    "be kept and the training mode it gives.")
     ck.add_argument("file", type=Path)
     ck.add_argument("--dedup", action="store_true", help="drop repeated sentences")
     ck.add_argument("--on-bad-line", choices=("error", "skip"), default="error",
                     help="invalid UTF-8 / NUL bytes: stop with an error (default) or skip and count")
+    ck.add_argument("--text-columns", default=None,
+                    help="table columns anchor,positive[,hard_negative] (default sent0,sent1"
+                         "[,hard_neg])")
     ck.add_argument("--batch-size", type=int, default=None,
                     help="also check the corpus fills at least one global batch of this size")
     ck.set_defaults(func=_check)
@@ -79,13 +84,18 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from csekit.data import SentenceCorpus
+    from csekit.data.triplets import open_training_corpus
 
-    corpus = SentenceCorpus(args.file, dedup=args.dedup, on_bad_line=args.on_bad_line)
+    corpus, mode = open_training_corpus(args.file, text_columns=args.text_columns,
+                                        dedup=args.dedup, on_bad_line=args.on_bad_line)
     if args.batch_size is not None:
         corpus.check_batch_size(args.batch_size)
-    report = {"file": str(args.file), **corpus.stats}
-    if corpus.bad_line_numbers:
+    report = {"file": str(args.file), "mode": mode, **corpus.stats}
+    if mode != "unsupervised":
+        report["columns"] = list(corpus.columns)
+        if corpus.bad_rows:
+            report["first_bad_rows"] = corpus.bad_rows
+    elif corpus.bad_line_numbers:
         report["first_bad_lines"] = corpus.bad_line_numbers
     print(json.dumps(report, indent=1))
     return 0

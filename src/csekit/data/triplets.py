@@ -72,8 +72,9 @@ class TripletCorpus:
     """Rows of 2 (pairs) or 3 (triplets) texts from a CSV / TSV / JSONL / Parquet file.
 
     Each value is stripped; a row with a missing, non-string or empty value is bad:
-    ``on_bad_line="error"`` raises a one-line DataError naming the file and row (the line for
-    CSV / TSV / JSONL), ``"skip"`` drops and counts it (``stats["bad_rows"]``).
+    ``on_bad_line="error"`` raises a one-line DataError naming the file and row (``FILE:LINE``
+    for CSV / TSV / JSONL, the line where the record ends; the row number for Parquet),
+    ``"skip"`` drops and counts it (``stats["bad_rows"]``, numbers in ``bad_rows``).
     ``dedup=True`` keeps the first of identical rows. An empty result raises DataError.
 
     Shape of a batch: ``batch_size`` tuples of ``len(columns)`` strings.
@@ -154,8 +155,9 @@ class TripletCorpus:
                         if not isinstance(v, str) or not v.strip()), None)
             if bad is not None:
                 if self.on_bad_line == "error":
-                    raise DataError(f"{self.path}: row {number}: column {bad} is missing or "
-                                    f"empty; {_HINT}")
+                    where = (f"{self.path}: row {number}" if self.format == "parquet"
+                             else f"{self.path}:{number}")  # the line where the record ends
+                    raise DataError(f"{where}: column {bad} is missing or empty; {_HINT}")
                 self.stats["bad_rows"] += 1
                 if len(self.bad_rows) < 20:
                     self.bad_rows.append(number)
