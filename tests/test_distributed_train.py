@@ -2,7 +2,9 @@
 
 ClusterNS with a Focal-InfoNCE core, dropout 0 (both runs see identical views), clustering from
 the first step: after several updates the losses, every model tensor and the centroids of the
-2-process run must equal (to 1e-5) those of the single-process run.
+2-process run must equal (to 1e-5) those of the single-process run. Once on sentences
+(unsupervised) and once on NLI triplets (supervised: tuples sharded by rank, z3 gathered with
+gradient, a hard-negative weight), so the whole supervised path is covered too.
 
 The learning rate is a published one (3e-5): the gradients agree to float rounding (summation
 order differs), and Adam's first steps are nearly lr * sign(g), so for elements whose gradient
@@ -27,6 +29,7 @@ from csekit.training import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_corpus
+from test_train_supervised import make_nli
 
 STEPS = 5
 OPTS = dict(objective="clusterns-focal", n_clusters=4, kmeans_start_cosine=1.0, batch_size=16,
@@ -46,14 +49,20 @@ def _losses(out: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
-def test_two_processes_equal_one(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    corpus = make_corpus(tmp_path / "corpus.txt", n=200)
+@pytest.mark.parametrize("data", ["sentences", "triplets"])
+def test_two_processes_equal_one(tiny_bert_dir: Path, tmp_path: Path, data: str) -> None:
+    opts = dict(OPTS)
+    if data == "triplets":
+        corpus = make_nli(tmp_path / "nli.csv", n=100)
+        opts["hard_negative_weight"] = 0.5
+    else:
+        corpus = make_corpus(tmp_path / "corpus.txt", n=200)
     one, two = tmp_path / "one", tmp_path / "two"
     Trainer(TrainConfig.from_dict(dict(model=str(tiny_bert_dir), train_file=str(corpus),
-                                       output_dir=str(one), progress=False, **OPTS))).train()
+                                       output_dir=str(one), progress=False, **opts))).train()
 
     flags: list[str] = []
-    for k, v in OPTS.items():
+    for k, v in opts.items():
         flags += [f"--{k.replace('_', '-')}", str(v)]
     env = dict(os.environ, OMP_NUM_THREADS="1", CI="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -66,6 +75,7 @@ def test_two_processes_equal_one(tiny_bert_dir: Path, tmp_path: Path) -> None:
 
     cfg = TrainConfig.from_yaml(two / "config.yaml")
     assert cfg.batch_size == 16 and cfg.objective == "clusterns-focal"
+    assert cfg.supervision == ("triplets" if data == "triplets" else "unsupervised")
     l1, l2 = _losses(one), _losses(two)
     assert len(l1) == len(l2) == STEPS
     assert l2 == pytest.approx(l1, abs=1e-5)

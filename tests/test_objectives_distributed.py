@@ -1,4 +1,6 @@
-"""Two CPU processes (gloo) on shards == one process on the global batch, for ClusterNS-focal.
+"""Two CPU processes (gloo) on shards == one process on the global batch, for ClusterNS-focal,
+unsupervised (z1, z2) and supervised (z1, z2, z3 with a hard-negative weight: the NLI block and
+the cluster block both in the denominator, z3 gathered with gradient like z1 and z2).
 
 Each process holds the same linear "encoder", embeds its shard, the objective gathers the global
 batch itself; the loss is multiplied by world_size before backward and parameter gradients are
@@ -40,34 +42,38 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(step)
     u = torch.randn(1, D_IN, generator=g)
     x = SHARED[step] * u + torch.randn(GLOBAL_B, D_IN, generator=g)
     noise = 0.2 * torch.randn(GLOBAL_B, D_IN, generator=g)
-    return x, x + noise
+    hard = x + 0.8 * torch.randn(GLOBAL_B, D_IN, generator=g)  # the supervised third view
+    return x, x + noise, hard
 
 
-def _run(rank: int, world: int) -> dict[str, list[torch.Tensor]]:
+def _run(rank: int, world: int, supervised: bool) -> dict[str, list[torch.Tensor]]:
     torch.manual_seed(0)
     model = torch.nn.Linear(D_IN, D)
-    obj = build_objective("clusterns-focal", **OPTS)
+    extra = {"hard_negative_weight": 0.5} if supervised else {}
+    obj = build_objective("clusterns-focal", **OPTS, **extra)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     rec: dict[str, list[torch.Tensor]] = {
         "loss": [],
         "g1": [],
         "g2": [],
+        "g3": [],
         "centroids": [],
         "started": [],
     }
     b = GLOBAL_B // world
     for step in range(STEPS):
-        x1, x2 = _global_batch(step)
+        x1, x2, x3 = _global_batch(step)
         z1 = model(x1[rank * b : (rank + 1) * b])
         z2 = model(x2[rank * b : (rank + 1) * b])
-        z1.retain_grad()
-        z2.retain_grad()
-        out = obj(z1, z2)
+        z3 = model(x3[rank * b : (rank + 1) * b])
+        for z in (z1, z2, z3):
+            z.retain_grad()
+        out = obj(z1, z2, z3) if supervised else obj(z1, z2)
         opt.zero_grad()
         (out.loss * world).backward()
         for p in model.parameters():  # what DDP does: average gradients over processes
@@ -77,13 +83,14 @@ def _run(rank: int, world: int) -> dict[str, list[torch.Tensor]]:
         rec["loss"].append(out.loss.detach().clone())
         rec["g1"].append(z1.grad.detach() / world)  # this shard's part of d(loss)/d(z1)
         rec["g2"].append(z2.grad.detach() / world)
+        rec["g3"].append(z3.grad.detach() / world if supervised else torch.zeros(0))
         rec["centroids"].append(obj.centroids.detach().clone())
         rec["started"].append(torch.tensor(obj.started))
     rec["params"] = [p.detach().clone() for p in model.parameters()]
     return rec
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, supervised: bool) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     tdist.init_process_group(
@@ -91,18 +98,21 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     )
     try:
         assert distributed.world_size() == world
-        torch.save(_run(rank, world), Path(out_dir) / f"rank{rank}.pt")
+        torch.save(_run(rank, world, supervised), Path(out_dir) / f"rank{rank}.pt")
     finally:
         tdist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["pairs", "triplets"])
+def runs(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, _free_port(), str(out), request.param), nprocs=WORLD,
+             join=True)
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert not distributed.is_distributed()
-    single = _run(0, 1)
+    single = _run(0, 1, request.param)
+    if request.param:  # the third view really is in the loss
+        assert all(g.abs().sum() > 0 for g in single["g3"])
     return single, ranks
 
 
@@ -125,7 +135,7 @@ def test_losses_equal_single_process(runs):
 def test_input_gradients_equal_single_process(runs):
     single, ranks = runs
     for step in range(STEPS):
-        for key in ("g1", "g2"):
+        for key in ("g1", "g2", "g3"):
             got = torch.cat([r[key][step] for r in ranks])
             assert torch.allclose(got, single[key][step], atol=1e-5, rtol=0), (key, step)
 

@@ -1,4 +1,5 @@
-"""``csekit data download | check``: fetch the evaluation data and corpus; vet a training file."""
+"""``csekit data download | check | sick-triplets``: fetch the evaluation data and corpora; vet a
+training file; build a small offline NLI triplet file from SICK train + trial."""
 
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
 
     dl = sub.add_parser(
-        "download", help="fetch SentEval STS/SICK files and SimCSE's wiki1m corpus",
+        "download", help="fetch SentEval STS/SICK files, SimCSE's wiki1m corpus, NLI triplets",
         description="Fetch SentEval's STS12-16, STS-B and SICK files (from SimCSE's senteval.tar) "
-                    "and wiki1m_for_simcse.txt, verify checksums, resume partial downloads.")
+                    "and wiki1m_for_simcse.txt (and with --nli SimCSE's nli_for_simcse.csv), "
+                    "verify checksums, resume partial downloads.")
     dl.add_argument("--dest", type=Path, default=None,
                     help="data folder to fill (default: $CSEKIT_DATA or ./data); "
                          "it can then be passed to `csekit eval --data-dir`")
-    dl.add_argument("--what", default="senteval,wiki1m",
-                    help="comma-separated items: senteval, wiki1m (default: both)")
+    dl.add_argument("--what", default=None,
+                    help="comma-separated items: senteval, wiki1m, nli (default: senteval,wiki1m)")
+    dl.add_argument("--nli", action="store_true",
+                    help="fetch SimCSE's nli_for_simcse.csv (supervised triplets sent0,sent1,"
+                         "hard_neg); alone it fetches only that, with --what it adds it")
     dl.add_argument("--base-url", default=None,
                     help="download from this URL prefix instead of the Hugging Face hub "
                          "(also $CSEKIT_DOWNLOAD_BASE_URL)")
@@ -34,19 +39,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ck = sub.add_parser("check", help="index a training corpus and print its statistics",
                         description="Read a corpus (text or .gz, JSONL, CSV/TSV, Parquet, a "
                                     "datasets folder; a glob or comma-separated list) with the "
-                                    "training rules and print what would be kept. The index is "
-                                    "cached, so training starts without re-reading it.")
+                                    "training rules and print what would be kept and the "
+                                    "training mode it gives (unsupervised, or NLI pairs / "
+                                    "triplets). The index is cached, so training starts "
+                                    "without re-reading it.")
     ck.add_argument("file", help="corpus: file, folder, glob or comma-separated list")
-    ck.add_argument("--text-column", action="append", default=None, metavar="NAME",
-                    help="text column(s) of a tabular corpus (repeat for several; default: "
-                         "the only string column, or the one named text or sentence)")
-    ck.add_argument("--dedup", action="store_true", help="drop repeated sentences")
+    ck.add_argument("--text-column", default=None, metavar="NAME",
+                    help="the text column of an unsupervised table (default: the only string "
+                         "column, or the one named text or sentence)")
+    ck.add_argument("--text-columns", default=None, metavar="A,B[,C]",
+                    help="supervised table columns anchor,positive[,hard_negative] (default "
+                         "sent0,sent1[,hard_neg] when present)")
+    ck.add_argument("--dedup", action="store_true", help="drop repeated rows")
     ck.add_argument("--on-bad-line", choices=ON_BAD_LINE, default="error",
                     help="bad rows (invalid UTF-8, NUL, missing/empty/non-string text): stop "
                          "with an error naming the row (default) or skip and count")
     ck.add_argument("--batch-size", type=int, default=None,
                     help="also check the corpus fills at least one global batch of this size")
     ck.set_defaults(func=_check)
+
+    st = sub.add_parser(
+        "sick-triplets", help="build a tiny sent0,sent1,hard_neg CSV from SICK train + trial",
+        description="Offline NLI triplets for trying supervised training: every premise of SICK "
+                    "train (+ trial) with both an entailed and a contradicted hypothesis gives "
+                    "one (premise, entailed, contradicted) row per combination (165 distinct from "
+                    "train, 2 from trial). Tiny, and the very domain of the SICK-R test set: a smoke "
+                    "test, not a replacement for nli_for_simcse.csv. The test split is never read.")
+    st.add_argument("--data-dir", default=None,
+                    help="SentEval folder (contains downstream/; default $CSEKIT_DATA)")
+    st.add_argument("--out", type=Path, required=True, help="CSV to write (atomically)")
+    st.add_argument("--splits", default="train,trial", help="SICK splits: train, trial")
+    st.set_defaults(func=_sick_triplets)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -57,7 +80,11 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _download(args: argparse.Namespace) -> int:
     from csekit.data.download import download
 
-    paths = download(args.dest, args.what, base_url=args.base_url,
+    what = args.what
+    if args.nli:
+        what = "nli" if what is None else f"{what},nli"
+    paths = download(args.dest, what if what is not None else "senteval,wiki1m",
+                     base_url=args.base_url,
                      keep_archive=args.keep_archive, timeout=args.timeout)
     for item, path in paths.items():
         print(f"{item}: {path}")
@@ -65,16 +92,28 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from csekit.data import open_corpus
+    from csekit.data.triplets import open_training_corpus
 
-    corpus = open_corpus(args.file, text_columns=args.text_column, dedup=args.dedup,
-                         on_bad_line=args.on_bad_line)
+    corpus, mode = open_training_corpus(args.file, text_column=args.text_column,
+                                        text_columns=args.text_columns, dedup=args.dedup,
+                                        on_bad_line=args.on_bad_line)
     if args.batch_size is not None:
         corpus.check_batch_size(args.batch_size)
-    report = {"file": str(args.file), **corpus.describe()}
+    report = {"file": str(args.file), "mode": mode, **corpus.describe()}
     if corpus.bad_line_numbers and len(corpus.sources) == 1 and "lines" in corpus.stats:
         report["first_bad_lines"] = corpus.bad_line_numbers
     if corpus.bad_rows:
         report["first_bad_rows"] = corpus.bad_rows
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def _sick_triplets(args: argparse.Namespace) -> int:
+    from csekit.data.sick_triplets import sick_triplets, write_triplets_csv
+    from csekit.evaluation import resolve_data_dir
+
+    splits = [x.strip() for x in args.splits.split(",") if x.strip()]
+    rows = sick_triplets(resolve_data_dir(args.data_dir) / "SICK", splits)
+    path = write_triplets_csv(rows, args.out)
+    print(json.dumps({"file": str(path), "triplets": len(rows), "splits": splits}))
     return 0

@@ -1,4 +1,5 @@
-"""``csekit train``: unsupervised contrastive training from a YAML recipe and/or flags.
+"""``csekit train``: contrastive training (unsupervised, or supervised on NLI pairs / triplets)
+from a YAML recipe and/or flags.
 
 Every :class:`~csekit.training.TrainConfig` option has a flag (``--learning-rate``,
 ``--n-clusters``, ``--hard-negatives/--no-hard-negatives``, ...); flags override ``--config``.
@@ -25,6 +26,7 @@ from csekit.training.config import (
     ON_BAD_LINE,
     POOLERS,
     PRECISIONS,
+    SUPERVISION_MODES,
     TrainConfig,
 )
 
@@ -32,10 +34,11 @@ logger = logging.getLogger(__name__)
 
 HELP: dict[str, str] = {
     "model": "backbone: a Hugging Face hub id, a local HF folder or a csekit/ST folder",
-    "train_file": "training corpus: text (.txt/.gz, one sentence a line), JSONL, CSV/TSV, "
-                  "Parquet or a datasets save_to_disk folder; a glob or comma-separated list",
-    "text_column": "the text column of a JSONL/CSV/Parquet/datasets corpus (default: the only "
-                   "string column, or the one named text or sentence)",
+    "train_file": "training data: text (.txt/.gz, one sentence a line), JSONL, CSV/TSV, "
+                  "Parquet or a datasets save_to_disk folder; a glob or comma-separated list. "
+                  "A table with sent0,sent1[,hard_neg] columns trains supervised (--supervision)",
+    "text_column": "the text column of an unsupervised JSONL/CSV/Parquet/datasets corpus "
+                   "(default: the only string column, or the one named text or sentence)",
     "output_dir": "best model at its root, checkpoints/ , metrics.jsonl, results.json",
     "data_dir": "SentEval folder (contains downstream/) for STS-B dev and the final STS test",
     "objective": "training objective",
@@ -59,6 +62,14 @@ HELP: dict[str, str] = {
     "dedup": "drop duplicate sentences",
     "on_bad_line": "bad rows (invalid UTF-8, NUL, missing/empty/non-string text): error "
                    "(naming file and row) or skip and count",
+    # supervised NLI pairs / triplets (issue #14)
+    "supervision": "auto: from --train-file (one sentence a line, or a table without "
+                   "sent0,sent1: unsupervised; a table with them or --text-columns: pairs or "
+                   "triplets by its columns); or insist on one",
+    "text_columns": "table columns anchor,positive[,hard_negative] (default sent0,sent1"
+                    "[,hard_neg], as SimCSE's nli_for_simcse.csv)",
+    "hard_negative_weight": "SimCSE's log-space weight added to each row's own hard negative "
+                            "(triplets only)",
     "batch_size": "GLOBAL batch (all processes together); the in-batch negatives "
                   "(SimCSE / Focal 64, ClusterNS 256)",
     "learning_rate": "AdamW peak learning rate (SimCSE / Focal 3e-5, ClusterNS 5e-5)",
@@ -88,6 +99,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective": OBJECTIVES, "pooler": POOLERS, "mlp": MLP_MODES, "precision": PRECISIONS,
     "centroid_update": CENTROID_UPDATES, "on_bad_line": ON_BAD_LINE,
     "bml_reduction": BML_REDUCTIONS, "cluster_init": CLUSTER_INITS,
+    "supervision": SUPERVISION_MODES,
 }
 SKIP = {"extra"}
 
@@ -102,7 +114,8 @@ def _type_of(name: str) -> type:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train", help="train a sentence encoder (SimCSE, Focal-InfoNCE, ClusterNS, combined)",
-        description="Unsupervised contrastive training from a YAML recipe and/or flags; flags "
+        description="Contrastive training (unsupervised, or supervised on NLI pairs / triplets "
+                    "chosen from --train-file's columns) from a YAML recipe and/or flags; flags "
                     "override --config. --batch-size is the GLOBAL batch: launch the same "
                     "command with torchrun or accelerate launch for several GPUs or nodes "
                     "(docs/distributed.md). Best model at the root of --output-dir, "

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from csekit.data.corpus import Corpus, SentenceCorpus, open_corpus
+from csekit.data.triplets import TripletCorpus, open_training_corpus
 
-__all__ = ["Corpus", "SentenceCorpus", "open_corpus", "split_views", "tokenize_pairs"]
+__all__ = ["Corpus", "SentenceCorpus", "TripletCorpus", "open_corpus", "open_training_corpus",
+           "split_views", "tokenize_pairs", "tokenize_views"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("split_views", "tokenize_pairs"):
+    if name in ("split_views", "tokenize_pairs", "tokenize_views"):
         from csekit.data import collate
 
         return getattr(collate, name)

@@ -1,4 +1,4 @@
-"""Tokenising collator for unsupervised contrastive training: each sentence twice, interleaved.
+"""Tokenising collators: each sentence twice (unsupervised), or 2-3 views per row (supervised).
 
 Layout (the same as SimCSE's unsupervised training, which stacks ``[x, x]`` per example and
 flattens): for a batch of B sentences the tensors have 2B rows and **rows 2i and 2i+1 are both
@@ -37,11 +37,36 @@ def tokenize_pairs(tokenizer: Any, sentences: Sequence[str], max_seq_len: int = 
             if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def split_views(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split the encoder output of a :func:`tokenize_pairs` batch into its two views.
+def tokenize_views(tokenizer: Any, rows: Sequence[Sequence[str]],
+                   max_seq_len: int = 32) -> dict[str, torch.Tensor]:
+    """Tokenise rows of n texts (supervised pairs / NLI triplets) as one batch of n*B rows.
 
-    Shape: z (2B, d) -> z1 (B, d), z2 (B, d); z1[i] and z2[i] are the two views of sentence i.
+    Row ``n*i + k`` is text k of example i (sent0, sent1[, hard_neg]), the layout SimCSE's
+    supervised training uses (it flattens ``(B, n, L)`` into ``(B*n, L)``), so ONE forward pass
+    encodes every view and :func:`split_views` with ``n`` recovers them. All rows are padded to
+    the longest of the batch and truncated to ``max_seq_len`` tokens.
+
+    Shape: every tensor (n*B, L) with L <= max_seq_len.
     """
-    if z.shape[0] % 2:
-        raise ValueError(f"expected an even number of rows (pairs), got {z.shape[0]}")
-    return z[0::2], z[1::2]
+    if max_seq_len < 2:
+        raise ConfigError(f"max_seq_len must be >= 2 (room for special tokens), got {max_seq_len}")
+    if len(rows) == 0:
+        raise ConfigError("tokenize_views needs at least one row")
+    n = len(rows[0])
+    if n < 2 or any(len(r) != n for r in rows):
+        raise ValueError(f"every row needs the same number (>= 2) of texts, got {n} first")
+    flat = [text for row in rows for text in row]
+    enc = tokenizer(flat, padding="longest", truncation=True, max_length=max_seq_len,
+                    return_tensors="pt")
+    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def split_views(z: torch.Tensor, n: int = 2) -> tuple[torch.Tensor, ...]:
+    """Split the encoder output of a :func:`tokenize_pairs` (n = 2) or :func:`tokenize_views`
+    batch into its n views.
+
+    Shape: z (n*B, d) -> n tensors (B, d); view k row i is ``z[n*i + k]``.
+    """
+    if n < 1 or z.shape[0] % n:
+        raise ValueError(f"expected a multiple of {n} rows ({n} views), got {z.shape[0]}")
+    return tuple(z[k::n] for k in range(n))

@@ -1,10 +1,11 @@
-"""``csekit data download``: SentEval STS/SICK files and SimCSE's wiki1m corpus.
+"""``csekit data download``: SentEval STS/SICK files, SimCSE's wiki1m corpus and NLI triplets.
 
 Sources (the locations SimCSE's own scripts use, ``SentEval/data/downstream/download_dataset.sh``
 and ``data/download_wiki.sh``)::
 
     {base}/senteval.tar            SentEval's data as SimCSE packs it
     {base}/wiki1m_for_simcse.txt   10^6 English Wikipedia sentences, one per line
+    {base}/nli_for_simcse.csv      SNLI + MNLI triplets sent0,sent1,hard_neg (data/download_nli.sh)
     base = https://huggingface.co/datasets/princeton-nlp/datasets-for-simcse/resolve/main
 
 ``base`` can be replaced with ``--base-url`` or ``$CSEKIT_DOWNLOAD_BASE_URL`` (a mirror, or a
@@ -16,6 +17,7 @@ then a valid ``--data-dir`` for ``csekit eval``::
     dest/downstream/STS/STS12-en-test/...  STS12-16, STSBenchmark
     dest/downstream/SICK/...
     dest/wiki1m_for_simcse.txt
+    dest/nli_for_simcse.csv        (only with --nli / --what nli)
 
 What is verified:
 
@@ -28,6 +30,9 @@ What is verified:
 * ``wiki1m_for_simcse.txt``: no checksum is published; the server-advertised SHA-256 is checked
   when present, the transfer length always, and the line count is compared with the published
   10^6 (a warning, not an error, if it differs).
+* ``nli_for_simcse.csv``: no checksum is published either; the server-advertised SHA-256 and
+  the transfer length are checked, and the header must be ``sent0,sent1,hard_neg`` (anything
+  else, e.g. an HTML error page, removes the file and fails).
 
 Downloads resume from ``.part`` files (HTTP Range) and are renamed into place atomically.
 """
@@ -52,7 +57,10 @@ BASE_URL_ENV = "CSEKIT_DOWNLOAD_BASE_URL"
 SENTEVAL_ARCHIVE = "senteval.tar"
 WIKI1M_FILE = "wiki1m_for_simcse.txt"
 WIKI1M_LINES = 1_000_000
-ITEMS = ("senteval", "wiki1m")
+NLI_FILE = "nli_for_simcse.csv"
+NLI_HEADER = "sent0,sent1,hard_neg"
+DEFAULT_ITEMS = ("senteval", "wiki1m")  # what `csekit data download` fetches without --what
+ITEMS = (*DEFAULT_ITEMS, "nli")
 _TOP_DIRS = ("STS", "SICK")
 
 
@@ -73,7 +81,8 @@ def parse_items(what: str | Iterable[str]) -> list[str]:
     return [n for n in ITEMS if n in names]
 
 
-def download(dest: str | os.PathLike[str] | None = None, what: str | Iterable[str] = ITEMS, *,
+def download(dest: str | os.PathLike[str] | None = None,
+             what: str | Iterable[str] = DEFAULT_ITEMS, *,
              base_url: str | None = None, keep_archive: bool = False,
              timeout: float = 60.0) -> dict[str, Path]:
     """Download and verify the requested items; returns {item: path}."""
@@ -84,6 +93,8 @@ def download(dest: str | os.PathLike[str] | None = None, what: str | Iterable[st
         if item == "senteval":
             out[item] = download_senteval(dest_path, base_url=base, keep_archive=keep_archive,
                                           timeout=timeout)
+        elif item == "nli":
+            out[item] = download_nli(dest_path, base_url=base, timeout=timeout)
         else:
             out[item] = download_wiki1m(dest_path, base_url=base, timeout=timeout)
     return out
@@ -190,3 +201,29 @@ def download_wiki1m(dest: Path, *, base_url: str | None = None, sha256: str | No
             logger.warning("%s: %d lines, the published corpus has %d", target, lines,
                            expected_lines)
     return target
+
+
+# ------------------------------------------------------------------------------ NLI triplets
+def download_nli(dest: Path, *, base_url: str | None = None, sha256: str | None = None,
+                 timeout: float = 60.0) -> Path:
+    """Fetch ``nli_for_simcse.csv`` (supervised SimCSE's triplets) into ``dest``; its path."""
+    target = Path(dest) / NLI_FILE
+    if target.is_file() and _nli_header_ok(target) and (sha256 is None
+                                                         or sha256_file(target) == sha256):
+        logger.info("%s: already present", target)
+        return target
+    fetch(f"{resolve_base_url(base_url)}/{NLI_FILE}", target, sha256=sha256, timeout=timeout)
+    if not _nli_header_ok(target):
+        target.unlink()
+        raise DownloadError(f"{NLI_FILE}: the download does not start with the header "
+                            f"{NLI_HEADER!r}; it was removed (a wrong URL or an error page?)")
+    with open(target, "rb") as f:
+        lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    logger.info("%s: %d lines (header included; fields may hold quoted newlines)", target, lines)
+    return target
+
+
+def _nli_header_ok(path: Path) -> bool:
+    with open(path, "rb") as f:
+        first = f.readline(4096)
+    return first.decode("utf-8-sig", errors="replace").strip() == NLI_HEADER

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +55,37 @@ def check_margin(margin: float) -> float:
             f"margin must be a number in [0, 1) (got {margin!r}); the published value is 0.3"
         )
     return float(margin)
+
+
+def check_hard_negative_weight(weight: float) -> float:
+    """SimCSE's ``hard_negative_weight`` as a float; a one-line ConfigError unless finite."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+            or not math.isfinite(weight):
+        raise ConfigError(
+            f"hard_negative_weight must be a finite number (got {weight!r}); it is added in log "
+            "space to each row's own hard-negative logit, the published value is 0"
+        )
+    return float(weight)
+
+
+def add_own_hard_negative_weight(logits: torch.Tensor, weight: float) -> torch.Tensor:
+    """Add ``weight`` to column ``B + i`` of row i (row i's own hard negative), as SimCSE's
+    supervised ``cl_forward`` adds its ``hard_negative_weight`` to the scaled logits.
+
+    Shape: logits (B, B + H) with H >= B -> (B, B + H); a no-op when ``weight == 0``.
+    """
+    if weight == 0:
+        return logits
+    b = logits.shape[0]
+    if logits.shape[1] < 2 * b:
+        raise ValueError(
+            f"hard_negative_weight needs one hard negative per row (H >= B = {b}); "
+            f"the logits have only {logits.shape[1] - b} hard-negative columns"
+        )
+    bonus = torch.zeros_like(logits)
+    idx = torch.arange(b, device=logits.device)
+    bonus[idx, b + idx] = weight
+    return logits + bonus
 
 
 def check_pair(z1: torch.Tensor, z2: torch.Tensor) -> None:

@@ -45,27 +45,32 @@ def read_scalars(values: dict[str, float | torch.Tensor],
 
 
 class Objective(nn.Module):
-    """Base class: ``forward(z1, z2) -> ObjectiveOutput``.
+    """Base class: ``forward(z1, z2, z3=None) -> ObjectiveOutput``.
 
-    ``z1`` and ``z2`` are the two dropout views of the LOCAL shard (post-MLP). The objective
-    gathers them across processes itself (:func:`csekit.distributed.gather_with_grad`, the
+    ``z1`` and ``z2`` are the anchor and positive views of the LOCAL shard (post-MLP): the two
+    dropout views of a sentence (unsupervised), or f(sent0) and f(sent1) (supervised NLI).
+    ``z3``, when given, is the hard-negative view f(hard_neg), row i belonging to example i.
+    The objective gathers all of them across processes itself (:func:`csekit.distributed.gather_with_grad`, the
     local shard keeping its gradient), so the loss is the loss of the global batch and is the
     same number on every process. Only the local shard carries gradient, so the trainer must
     multiply the loss by ``world_size`` before ``backward``: DDP's gradient averaging then gives
     exactly the gradient of the single-process global-batch loss.
 
     Shape:
-        z1, z2: (b_local, d), any float dtype (logits are computed in float32)
+        z1, z2, z3: (b_local, d), any float dtype (logits are computed in float32)
     """
 
     name: str = "objective"
 
-    def gather(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if z1.dim() != 2 or z1.shape != z2.shape:
-            raise ValueError(
-                f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}"
-            )
-        return gather_with_grad(z1), gather_with_grad(z2)
+    def gather(
+        self, z1: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The global-batch views, each gathered with the local shard's gradient kept."""
+        if z1.dim() != 2 or z1.shape != z2.shape or (z3 is not None and z3.shape != z1.shape):
+            shapes = ", ".join(str(tuple(z.shape)) for z in (z1, z2, z3) if z is not None)
+            raise ValueError(f"z1, z2 (and z3) must all be (B, d), got {shapes}")
+        return gather_with_grad(z1), gather_with_grad(z2), \
+            (gather_with_grad(z3) if z3 is not None else None)
 
     @staticmethod
     @torch.no_grad()
@@ -79,6 +84,20 @@ class Objective(nn.Module):
         pos = s.diagonal().mean()
         neg = (s.sum() - s.diagonal().sum()) / max(b * (b - 1), 1)
         return pos, neg
+
+    @staticmethod
+    @torch.no_grad()
+    def triplet_stats(
+        z1: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """``triplet_neg_cos`` (mean cos(z1_i, z3_i), own hard negative) and ``triplet_margin``
+        (mean cos(z1_i, z2_i) - cos(z1_i, z3_i)); empty without z3. Shape: (B, d) each."""
+        if z3 is None:
+            return {}
+        a = torch.nn.functional.normalize(z1.detach().float(), dim=-1)
+        pos = (a * torch.nn.functional.normalize(z2.detach().float(), dim=-1)).sum(-1)
+        neg = (a * torch.nn.functional.normalize(z3.detach().float(), dim=-1)).sum(-1)
+        return {"triplet_neg_cos": neg.mean(), "triplet_margin": (pos - neg).mean()}
 
 
 __all__ = ["Objective", "ObjectiveOutput", "read_scalars"]

@@ -1,4 +1,12 @@
-"""ClusterNS (Deng et al., Findings of ACL 2023), with an InfoNCE or a Focal-InfoNCE core."""
+"""ClusterNS (Deng et al., Findings of ACL 2023), with an InfoNCE or a Focal-InfoNCE core.
+
+Supervised ClusterNS (NLI triplets, ``z3`` given) is csekit's own combination, not a published
+method: ClusterNS is unsupervised only. The NLI hard negatives f(hard_neg) and the cluster hard
+negatives (second-nearest centroids) both join the denominator, logits
+``[cos(z1_i, z2_j) | cos(z1_i, z3_j) | cos(z1_i, c_j)] / T`` (B x 3B), target i, SimCSE's
+``hard_negative_weight`` on column B + i; clustering (start test, assignment, update, false-
+negative mask, BML) runs on z1 and z2 exactly as in the unsupervised method.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ from csekit.clustering.state import INIT_METHODS
 from csekit.clustering.update import UPDATE_RULES
 from csekit.errors import ConfigError
 from csekit.losses import bidirectional_margin_loss, cosine_matrix, focal_info_nce, info_nce
-from csekit.losses.cosine import check_margin, check_temperature
+from csekit.losses.cosine import check_hard_negative_weight, check_margin, check_temperature
 from csekit.losses.margin import BML_REDUCTIONS
 from csekit.objectives.base import Objective, ObjectiveOutput
 
@@ -35,11 +43,31 @@ class _Terms:
     bml: torch.Tensor | None  # scalar
 
 
+def _negative_block(z3: torch.Tensor | None, hn: torch.Tensor | None) -> torch.Tensor | None:
+    """The extra negatives after the in-batch block: NLI hard negatives first (row-aligned,
+    so ``hard_negative_weight`` lands on column B + i), then the centroid hard negatives."""
+    blocks = [x for x in (z3, hn) if x is not None]
+    return torch.cat(blocks) if len(blocks) > 1 else (blocks[0] if blocks else None)
+
+
+def _core_loss(z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None, *,
+               loss: LossKind, temperature: float, margin: float,
+               hard_negative_weight: float, weighted: bool) -> torch.Tensor:
+    w = hard_negative_weight if weighted else 0.0
+    if loss == "infonce":
+        return info_nce(z1, z2, temperature=temperature, hard_negatives=negatives,
+                        hard_negative_weight=w)
+    return focal_info_nce(z1, z2, temperature=temperature, margin=margin,
+                          hard_negatives=negatives, hard_negative_weight=w)
+
+
 def _cluster_terms(
     z1: torch.Tensor,
     z2: torch.Tensor,
     centroids: torch.Tensor,
     *,
+    z3: torch.Tensor | None = None,
+    hard_negative_weight: float = 0.0,
     loss: LossKind,
     temperature: float,
     margin: float,
@@ -52,10 +80,9 @@ def _cluster_terms(
     nearest, second = nearest_two(z1, centroids)
     mask = false_negative_mask(nearest)
     hn = centroids[second].detach() if hard_negatives else None
-    if loss == "infonce":
-        total = info_nce(z1, z2, temperature=temperature, hard_negatives=hn)
-    else:
-        total = focal_info_nce(z1, z2, temperature=temperature, margin=margin, hard_negatives=hn)
+    total = _core_loss(z1, z2, _negative_block(z3, hn), loss=loss, temperature=temperature,
+                       margin=margin, hard_negative_weight=hard_negative_weight,
+                       weighted=z3 is not None)
     bml = None
     if bml_weight != 0:
         bml = bidirectional_margin_loss(
@@ -74,6 +101,8 @@ def clusterns_loss(
     bml_weight: float = 1e-4,
     alpha: float = 0.2,
     beta: float = 0.5,
+    z3: torch.Tensor | None = None,
+    hard_negative_weight: float = 0.0,
 ) -> torch.Tensor:
     """The ClusterNS loss for given (already updated) centroids; no state, no update.
 
@@ -82,13 +111,19 @@ def clusterns_loss(
     ``bml_weight * BML`` where the false negatives are the pairs i != j whose z1 share the
     nearest centroid and BML is averaged over all B x B entries (the published reduction).
 
+    Supervised (csekit's own combination): with ``z3`` (row i = example i's NLI hard negative)
+    the logits are ``[cos(z1_i, z2_j) | cos(z1_i, z3_j) | cos(z1_i, hn_j)] / T`` (B x 3B) and
+    ``hard_negative_weight`` is added to column B + i.
+
     Shape:
-        z1, z2: (B, d); centroids: (k, d), k >= 2 -> scalar
+        z1, z2, z3: (B, d); centroids: (k, d), k >= 2 -> scalar
     """
     return _cluster_terms(
         z1,
         z2,
         centroids,
+        z3=z3,
+        hard_negative_weight=check_hard_negative_weight(hard_negative_weight),
         loss="infonce",
         temperature=temperature,
         margin=0.0,
@@ -123,11 +158,17 @@ class ClusterNS(Objective):
     ``clusters.started``; the random first index comes from a generator seeded with ``seed`` at
     initialisation time, so a run resumed before the start continues exactly as well.
 
+    Supervised (``z3`` given; csekit's own combination, see the module docstring): the NLI
+    hard-negative block joins the loss before and after the start (B x 2B before, B x 3B with
+    the centroid block after), ``hard_negative_weight`` on column B + i; clustering still runs
+    on z1 (and the start test on the z1-z2 matrix), false negatives still go to BML only.
+
     Stats: pos_cos, neg_cos, started, n_false_neg (ordered pairs), and once started
-    hard_neg_cos, cluster_size_min (non-empty clusters), cluster_size_max, clusters_empty, bml.
+    hard_neg_cos, cluster_size_min (non-empty clusters), cluster_size_max, clusters_empty, bml;
+    with z3 also triplet_neg_cos and triplet_margin.
 
     Shape:
-        z1, z2: (b_local, d) -> ObjectiveOutput with a scalar loss
+        z1, z2, z3: (b_local, d) -> ObjectiveOutput with a scalar loss
     """
 
     name = "clusterns"
@@ -149,9 +190,11 @@ class ClusterNS(Objective):
         bml_reduction: Literal["all", "pairs"] = "all",
         init: Literal["greedy_chain", "kmeans++"] = "greedy_chain",
         seed: int = 0,
+        hard_negative_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.temperature = check_temperature(temperature)
+        self.hard_negative_weight = check_hard_negative_weight(hard_negative_weight)
         if loss not in LOSS_KINDS:
             raise ConfigError(f"loss={loss!r} is not known; use 'infonce' or 'focal'")
         self.loss = loss
@@ -207,17 +250,20 @@ class ClusterNS(Objective):
     def centroids(self) -> torch.Tensor:
         return self.clusters.centroids
 
-    def _plain_loss(self, g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
-        if self.loss == "focal":
-            return focal_info_nce(g1, g2, temperature=self.temperature, margin=self.margin)
-        return info_nce(g1, g2, temperature=self.temperature)
+    def _plain_loss(self, g1: torch.Tensor, g2: torch.Tensor,
+                    g3: torch.Tensor | None) -> torch.Tensor:
+        return _core_loss(g1, g2, g3, loss=self.loss, temperature=self.temperature,
+                          margin=self.margin, hard_negative_weight=self.hard_negative_weight,
+                          weighted=g3 is not None)
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> ObjectiveOutput:
-        g1, g2 = self.gather(z1, z2)
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor,
+                z3: torch.Tensor | None = None) -> ObjectiveOutput:
+        g1, g2, g3 = self.gather(z1, z2, z3)
         pos, neg = self.pair_stats(g1, g2)
+        triplet = self.triplet_stats(g1, g2, g3)
         if not self.clusters.is_started:
             self.clusters.check_batch(g1.shape[0])
-            loss = self._plain_loss(g1, g2)
+            loss = self._plain_loss(g1, g2, g3)
             with torch.no_grad():
                 mean_cos = cosine_matrix(g1.detach(), g2.detach()).mean()
                 start = (mean_cos <= self.kmeans_start_cosine).to(torch.int64).reshape(1)
@@ -239,6 +285,7 @@ class ClusterNS(Objective):
                 "neg_cos": neg,
                 "n_false_neg": 0.0,
                 "started": float(self.clusters.is_started),
+                **triplet,
             }
             return ObjectiveOutput(loss, stats)
 
@@ -247,6 +294,8 @@ class ClusterNS(Objective):
             g1,
             g2,
             self.clusters.centroids,
+            z3=g3,
+            hard_negative_weight=self.hard_negative_weight,
             loss=self.loss,
             temperature=self.temperature,
             margin=self.margin,
@@ -256,7 +305,8 @@ class ClusterNS(Objective):
             beta=self.beta,
             bml_reduction=self.bml_reduction,
         )
-        return ObjectiveOutput(terms.loss, self._cluster_stats(g1, pos, neg, terms))
+        return ObjectiveOutput(terms.loss,
+                               {**self._cluster_stats(g1, pos, neg, terms), **triplet})
 
     @torch.no_grad()
     def _cluster_stats(
@@ -300,7 +350,8 @@ class ClusterNS(Objective):
             f"loss={self.loss}, temperature={self.temperature}, n_clusters={self.n_clusters}, "
             f"kmeans_lr={self.kmeans_lr}, kmeans_start_cosine={self.kmeans_start_cosine}, "
             f"hard_negatives={self.hard_negatives}, bml_weight={self.bml_weight}, "
-            f"update_rule={self.update_rule}, bml_reduction={self.bml_reduction}"
+            f"update_rule={self.update_rule}, bml_reduction={self.bml_reduction}, "
+            f"hard_negative_weight={self.hard_negative_weight}"
         )
 
 

@@ -27,6 +27,7 @@ import yaml
 from csekit.clustering.state import INIT_METHODS as CLUSTER_INITS
 from csekit.clustering.update import UPDATE_RULES as CENTROID_UPDATES
 from csekit.data.tabular import ON_BAD_LINE
+from csekit.data.triplets import SUPERVISION_MODES, parse_columns
 from csekit.errors import ConfigError
 from csekit.losses.margin import BML_REDUCTIONS
 from csekit.modeling.pooling import MLP_MODES, POOLERS
@@ -83,6 +84,12 @@ class TrainConfig:
     on_bad_line: str = "error"
     # --- data formats (#13)
     text_column: str | None = None  # JSONL/CSV/Parquet/datasets column; None: the unambiguous one
+    # --- supervised training on NLI pairs / triplets (issue #14). "auto": from the training
+    # file (one sentence a line: unsupervised; a table: pairs or triplets by its columns); the
+    # trainer records the mode it chose here, so config.yaml holds it.
+    supervision: str = "auto"
+    text_columns: str | None = None  # "anchor,positive[,hard_negative]"; None: sent0,sent1,...
+    hard_negative_weight: float = 0.0  # SimCSE's log-space weight on row i's own hard negative
     # --- optimisation
     batch_size: int | None = None  # None: the objective's published default
     learning_rate: float | None = None
@@ -193,7 +200,8 @@ class TrainConfig:
     def objective_hparams(self) -> dict[str, Any]:
         """Keyword arguments for ``csekit.objectives.build_objective`` (resolved values)."""
         cfg = self.resolved()
-        hp: dict[str, Any] = {"temperature": cfg.temperature}
+        hp: dict[str, Any] = {"temperature": cfg.temperature,
+                              "hard_negative_weight": cfg.hard_negative_weight}
         if self.objective in ("focal", "clusterns-focal"):
             hp["margin"] = cfg.margin
         if self.uses_clusters:
@@ -223,8 +231,14 @@ class TrainConfig:
         _choice("on_bad_line", cfg.on_bad_line, ON_BAD_LINE)
         _choice("bml_reduction", cfg.bml_reduction, BML_REDUCTIONS)
         _choice("cluster_init", cfg.cluster_init, CLUSTER_INITS)
+        _choice("supervision", cfg.supervision, SUPERVISION_MODES)
+        parse_columns(cfg.text_columns)  # 2 or 3 distinct names; the file is checked at start
+        if cfg.hard_negative_weight != 0 and cfg.supervision in ("unsupervised", "pairs"):
+            raise ConfigError("hard_negative_weight needs triplets (a hard_neg column); "
+                              f"this run is {cfg.supervision}")
         if not cfg.train_file:
-            raise ConfigError("no training corpus: give --train-file FILE (one sentence a line)")
+            raise ConfigError("no training corpus: give --train-file FILE (one sentence a line, "
+                              "or a .csv/.tsv/.jsonl/.parquet of NLI pairs or triplets)")
         for name in ("batch_size", "max_seq_len", "eval_steps", "grad_accum_steps", "epochs",
                      "logging_steps", "eval_batch_size"):
             _positive(name, getattr(cfg, name))

@@ -10,6 +10,9 @@ rest, so that every step is exactly what the papers describe:
   forward pass; the two dropout views are z[0::2] and z[1::2] (:func:`split_views`);
 - the objective gathers across processes itself; the trainer multiplies its loss by
   ``world_size`` before backward (see :func:`csekit.distributed.gather_with_grad`);
+- supervised NLI data (pairs / triplets, chosen from the file's columns): every text of the
+  shard in one forward pass, split into (z1, z2[, z3]) for ``objective(z1, z2, z3)``
+  (:mod:`csekit.training.supervised`);
 - gradient accumulation sums the gradients of ``grad_accum_steps`` global batches; each batch
   keeps its own in-batch negatives (accumulation does not add negatives).
 """
@@ -30,7 +33,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from csekit import distributed as D
-from csekit.data import SentenceCorpus, split_views, tokenize_pairs
+from csekit.data.triplets import open_training_corpus
 from csekit.errors import ConfigError, DataError, TrainingError
 from csekit.objectives.base import read_scalars
 from csekit.training.checkpoint import (
@@ -46,6 +49,7 @@ from csekit.training.metrics import MetricsLogger
 from csekit.training.model_io import BestModelKeeper, recover_best
 from csekit.training.rng import get_rng_state, seed_everything, set_rng_state
 from csekit.training.signals import StopSignal
+from csekit.training.supervised import record_mode, tokenize_batch, views
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +123,8 @@ class Trainer:
             logger.info("effective settings: %s", given.effective_summary())
         seed_everything(config.seed)
         self._build()
-        self.keeper = BestModelKeeper(config, self.output_dir, device=self.accelerator.device,
-                                      world_size=self.world)
+        self.keeper = BestModelKeeper(self.config, self.output_dir,
+                                      device=self.accelerator.device, world_size=self.world)
 
     # ------------------------------------------------------------------ set-up
     def _check_paths(self) -> None:
@@ -149,8 +153,11 @@ class Trainer:
 
         cfg = self.config
         # Cheap checks first: a bad corpus or option fails before a model is loaded.
-        self.corpus = SentenceCorpus(cfg.train_file, text_column=cfg.text_column, dedup=cfg.dedup,
-                                     on_bad_line=cfg.on_bad_line)
+        self.corpus, mode = open_training_corpus(
+            cfg.train_file, supervision=cfg.supervision, text_columns=cfg.text_columns,
+            text_column=cfg.text_column, dedup=cfg.dedup, on_bad_line=cfg.on_bad_line)
+        # the mode chosen from the data (supervised NLI, issue #14) is kept in the config
+        self.config = cfg = record_mode(cfg, mode, getattr(self.corpus, "columns", ()))
         self.batches_per_epoch = self._count_batches()
         if self.batches_per_epoch < 1:
             raise DataError(f"corpus {cfg.train_file} has fewer sentences than one global batch "
@@ -214,9 +221,10 @@ class Trainer:
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
 
-    def _local_inputs(self, local: list[str]) -> dict[str, torch.Tensor]:
-        """Tokenised pairs of this process's rows of the global batch."""
-        enc = tokenize_pairs(self.encoder.tokenizer, local, self.config.max_seq_len)
+    def _local_inputs(self, local: list[Any]) -> dict[str, torch.Tensor]:
+        """Token tensors of this process's rows of the global batch (all views)."""
+        enc = tokenize_batch(self.encoder.tokenizer, local, self.config.supervision,
+                             self.config.max_seq_len)
         dev = self.accelerator.device
         return {k: v.to(dev) for k, v in enc.items()}
 
@@ -232,7 +240,7 @@ class Trainer:
             path, model=self.accelerator.unwrap_model(self.model),
             optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
             else self.optimizer, scheduler=self.scheduler, objective=self.objective)
-        for key in ("model", "objective", "batch_size", "seed"):
+        for key in ("model", "objective", "batch_size", "seed", "supervision"):
             if key in saved_cfg and saved_cfg[key] != getattr(self.config, key):
                 logger.warning("resuming with %s=%r, the checkpoint was written with %r",
                                key, getattr(self.config, key), saved_cfg[key])
@@ -392,9 +400,8 @@ class Trainer:
             last = micro == cfg.grad_accum_steps - 1
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync:
-                z = self.model(**inputs).float()  # (2b, d): rows 2i, 2i+1 = sentence i
-                z1, z2 = split_views(z)
-                out = self.objective(z1, z2)
+                z = self.model(**inputs).float()  # (n*b, d): rows n*i .. n*i+n-1 = example i
+                out = self.objective(*views(z, self.config.supervision))  # (z1, z2[, z3])
                 loss = out.loss
                 # Backward is queued before the host reads anything, so a GPU is never idle
                 # waiting for Python; a non-finite loss only gives non-finite gradients, which
