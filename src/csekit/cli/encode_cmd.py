@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     device = default_device(args.device)
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
                                   trust_remote_code=args.trust_remote_code,
-                                  backend=args.backend)
+                                  backend=args.backend, device=device)
     emb = enc.encode(sentences, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                      device=device, precision=args.precision,
                      normalize=True if args.normalize else None, show_progress=True)
