@@ -461,8 +461,7 @@ class Trainer:
             return 0.0, {}, False
         if cfg.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
-        skipped = bool(getattr(self.optimizer, "step_was_skipped", False))
+        skipped = self._optimizer_step()
         if not skipped:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -470,6 +469,18 @@ class Trainer:
             self._on_overflow()
             return sum(losses) / len(losses), stats, False
         return sum(losses) / len(losses), stats, True
+
+    def _optimizer_step(self) -> bool:
+        """``optimizer.step()``; True when the fp16 gradient scaler skipped it.
+
+        Read from the loss scale (it backs off exactly when inf/NaN gradients were found), not
+        from Accelerate's ``step_was_skipped``: with a fused AdamW the scaler hands the
+        inf check to the kernel and always calls ``step``, so that flag stays False.
+        """
+        scaler = self.accelerator.scaler
+        before = scaler.get_scale() if scaler is not None else None
+        self.optimizer.step()
+        return before is not None and scaler.get_scale() < before
 
     def _on_overflow(self) -> None:
         self.state.skipped_overflow += 1
