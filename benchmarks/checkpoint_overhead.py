@@ -128,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     beyond = (e["train_s"] - p["train_s"] - e["eval_s"]) / p["train_s"]
     saves_s = e["best_save_s"] + e["ckpt_save_s"]
     ckpt_bytes_each = e["ckpt_bytes"] / max(1, e["ckpt_saves"])
-    best_bytes_each = e["best_bytes"] / max(1, e["best_saves"])
     old_extra = e["evaluations"] * ckpt_bytes_each  # pre-#18: a checkpoint at every evaluation
     improving = e["best_saves"] / max(1, e["evaluations"])
     bb = PARAMS["bert-base"]

@@ -180,20 +180,19 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     opt_state = optimizer.state_dict()
     needed = state_bytes(model, opt_state, objective) + 1_000_000  # + small files, zip headers
     with disk_errors(path, needed=needed, what=f"checkpoint step-{state.step}",
-                     last_good=last_checkpoint(path.parent.parent)):
-        with atomic_dir(path) as tmp:
-            save_model(model, str(tmp / "model.safetensors"))
-            torch.save(opt_state, tmp / "optimizer.pt")
-            maybe_pause_mid_save(state.step)
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(_cpu_state(objective.state_dict()), tmp / "objective.pt")
-            torch.save(rng_states, tmp / "rng.pt")
-            if scaler is not None:
-                torch.save(scaler.state_dict(), tmp / "scaler.pt")
-            payload = json.loads(state.to_json())
-            payload["config"] = config
-            (tmp / "trainer_state.json").write_text(json.dumps(payload, indent=1),
-                                                    encoding="utf-8")
+                     last_good=last_checkpoint(path.parent.parent)), atomic_dir(path) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(opt_state, tmp / "optimizer.pt")
+        maybe_pause_mid_save(state.step)
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_cpu_state(objective.state_dict()), tmp / "objective.pt")
+        torch.save(rng_states, tmp / "rng.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+        payload = json.loads(state.to_json())
+        payload["config"] = config
+        (tmp / "trainer_state.json").write_text(json.dumps(payload, indent=1),
+                                                encoding="utf-8")
     logger.info("checkpoint written: %s", path)
 
 

@@ -14,7 +14,7 @@ on the CPU both are identity functions.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -50,17 +50,14 @@ class Prefetcher(Generic[T, U]):
         if self._pool is None:
             try:
                 return self._produce()
-            except StopIteration:
+            except BaseException:
                 self._done = True
                 raise
         fut = self._pending if self._pending is not None else self._pool.submit(self._produce)
         self._pending = None
         try:
             item = fut.result()
-        except StopIteration:
-            self._done = True
-            raise
-        except BaseException:
+        except BaseException:  # the end of the data, or an error of the source: re-raised
             self._done = True
             raise
         self._pending = self._pool.submit(self._produce)  # overlap with the caller's step
@@ -69,10 +66,7 @@ class Prefetcher(Generic[T, U]):
     def drain(self) -> None:
         """Wait until the item in preparation is ready (its result is kept)."""
         if self._pending is not None:
-            try:
-                self._pending.exception()
-            except BaseException:  # pragma: no cover - cancelled
-                pass
+            wait([self._pending])
 
     def close(self) -> None:
         self.drain()
