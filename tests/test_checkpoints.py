@@ -269,3 +269,23 @@ def test_disk_errors_passes_other_errors_through(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint saved yet"):
         with ckpt_mod.disk_errors(tmp_path / "x", needed=1, what="x", last_good=None):
             raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+
+def test_rank0_checkpoint_choice_and_loaded_step_check(tmp_path: Path) -> None:
+    """One process: the decision functions the trainer uses on every rank."""
+    from csekit.errors import ConfigError
+    from csekit.training.agreement import agree_flags, agree_on_checkpoint, check_loaded_step
+
+    out = tmp_path / "run"
+    assert agree_on_checkpoint(out, resume=True) is None  # nothing there: from scratch
+    for step in (2, 10, 4):
+        (out / "checkpoints" / f"step-{step}").mkdir(parents=True)
+        (out / "checkpoints" / f"step-{step}" / "trainer_state.json").write_text("{}")
+    (out / "checkpoints" / ".step-12.tmp-1-x").mkdir()  # a killed save is not a checkpoint
+    assert agree_on_checkpoint(out, resume=True) == 10
+    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume"):
+        agree_on_checkpoint(out, resume=False)
+    check_loaded_step(10, 10, torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="did not all load checkpoint step-10"):
+        check_loaded_step(8, 10, torch.device("cpu"))
+    assert agree_flags([True, False], torch.device("cpu")) == [True, False]
