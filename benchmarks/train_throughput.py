@@ -160,20 +160,21 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
                       final_test=False, seed=spec.get("seed", 42), **extra)
     trainer = Trainer(cfg)
     clock = _Clock(spec["device"], total)
-    step, local_inputs = trainer._step, trainer._local_inputs
+    step, take = trainer._step, trainer._take
 
     def timed_step(data: Any) -> Any:
         out = step(data)
         clock.tick()
         return out
 
-    def recorded_inputs(batch_: list[str]) -> dict[str, torch.Tensor]:
-        enc = local_inputs(batch_)
+    def recorded_take(item: Any) -> dict[str, torch.Tensor]:
+        # (recorded when a batch is used: the trainer tokenises the next one ahead)
+        enc = take(item)
         clock.pad_lens.append(int(enc["input_ids"].shape[1]))
         return enc
 
     trainer._step = timed_step  # type: ignore[method-assign]
-    trainer._local_inputs = recorded_inputs  # type: ignore[method-assign]
+    trainer._take = recorded_take  # type: ignore[method-assign]
     if spec["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = _current_rss_mb()

@@ -98,7 +98,7 @@ def test_sigkill_mid_save_keeps_previous_checkpoint_and_best(tiny_bert_dir: Path
     data = make_senteval(tmp_path / "senteval")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "csekit", "train",
-           *_args(tiny_bert_dir, corpus, out, "--max-steps", "6", "--eval-steps", "2",
+           *_args(tiny_bert_dir, corpus, out, "--max-steps", "6", "--eval-steps", "2", "--save-steps", "2",
                   "--data-dir", str(data), "--learning-rate", "1e-3")]
     proc = subprocess.Popen(cmd, env=_env(**{PAUSE_ENV: "120@4"}), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -133,7 +133,7 @@ def test_sigkill_mid_save_keeps_previous_checkpoint_and_best(tiny_bert_dir: Path
     cfg = TrainConfig.from_dict(dict(
         model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out), batch_size=8,
         pooler="avg", mlp="none", objective="clusterns", n_clusters=4, kmeans_start_cosine=1.0,
-        max_steps=6, eval_steps=2, data_dir=str(data), learning_rate=1e-3, progress=False,
+        max_steps=6, eval_steps=2, save_steps=2, data_dir=str(data), learning_rate=1e-3, progress=False,
         resume=True, logging_steps=1, final_test=False))
     res = Trainer(cfg).train()
     assert res.stopped == "completed" and res.steps == 6 and len(res.losses) == 4

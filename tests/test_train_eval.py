@@ -38,7 +38,7 @@ def test_eval_during_training_best_model_and_st_load(tiny_bert_dir: Path, tmp_pa
     cfg = TrainConfig.from_dict(dict(
         model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out), data_dir=str(data),
         batch_size=16, learning_rate=1e-3, max_steps=9, eval_steps=3, logging_steps=3,
-        pooler="cls", mlp="train", progress=False, save_total_limit=2, tensorboard=True,
+        pooler="cls", mlp="train", progress=False, save_total_limit=2, tensorboard=True, save_steps=3,
         eval_at_start=True))
     res = Trainer(cfg).train()
     assert res.stopped == "completed"

@@ -26,6 +26,11 @@ class ModelLoadError(CsekitError):
     """A model folder or hub id that cannot be loaded."""
 
 
+class CheckpointError(CsekitError):
+    """A checkpoint or model save that cannot be written (full disk) or read back (I/O error);
+    the previous checkpoint is intact. Exit code 2."""
+
+
 class TrainingError(CsekitError):
     """Training cannot go on (for example a non-finite loss); the last good checkpoint is kept."""
 

@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--input {args.input} is empty")
     device = default_device(args.device)
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
-                                  trust_remote_code=args.trust_remote_code, backend=args.backend)
+                                  trust_remote_code=args.trust_remote_code,
+                                  backend=args.backend, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npy")

@@ -49,7 +49,8 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="model code: csekit's inference-only BERT/RoBERTa forward (native), "
-                        "transformers (hf), or native where it applies (auto, the default)")
+                        "transformers (hf), or native where it applies, on the CPU only "
+                        "(auto, the default; on CUDA: hf)")
 
 
 def default_device(requested: str | None) -> str:
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_data_dir(args.data_dir)
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
                                   trust_remote_code=args.trust_remote_code,
-                                  backend=args.backend)
+                                  backend=args.backend, device=device)
     enc.to(device)
 
     def encode(sentences: list[str]):

@@ -90,10 +90,14 @@ HELP: dict[str, str] = {
     "final_test": "7-task STS test of the best model at the end",
     "logging_steps": "write metrics every N steps",
     "tensorboard": "also write TensorBoard logs to OUTPUT_DIR/tensorboard",
-    "save_steps": "checkpoint every N steps (default: at every evaluation)",
+    "save_steps": "full checkpoint every N steps, independent of --eval-steps (also at the "
+                  "end and on SIGTERM/SIGINT; an improving evaluation saves the best model only)",
     "save_total_limit": "keep the last K checkpoints",
     "resume": "continue from the last checkpoint in --output-dir",
     "progress": "progress bar (off when CI is set or off rank 0)",
+    "tf32": "TF32 matrix products in fp32 runs on Ampere or newer GPUs (--no-tf32: exact fp32)",
+    "prefetch": "tokenise the next batch in a background thread (pinned, non-blocking copies "
+                "on CUDA)",
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "objective": OBJECTIVES, "pooler": POOLERS, "mlp": MLP_MODES, "precision": PRECISIONS,

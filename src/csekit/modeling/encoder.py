@@ -359,6 +359,7 @@ class Encoder(nn.Module):
         revision: str | None = None,
         local_files_only: bool | None = None,
         backend: str = "hf",
+        device: str | torch.device | None = None,
     ) -> Encoder:
         """Load a Hugging Face folder, a csekit / sentence-transformers folder, or a hub id.
 
@@ -370,7 +371,10 @@ class Encoder(nn.Module):
         ``backend``: ``hf`` (default) loads a ``transformers`` model, needed to train or save;
         ``native`` loads csekit's inference-only BERT/RoBERTa forward
         (:mod:`csekit.modeling.native_bert`, same numbers, faster start-up and encoding) and
-        fails if the model is outside it; ``auto`` uses ``native`` where it applies, else ``hf``.
+        fails if the model is outside it; ``auto`` uses ``native`` where it applies and where it
+        has been measured faster and checked equal, which today is the CPU only
+        (:func:`auto_uses_native`; ``device`` is where the encoder will run, default: CUDA when
+        available), else ``hf``.
         """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -395,6 +399,8 @@ class Encoder(nn.Module):
             raise ConfigError("dropout only matters for training, and the native backend is "
                               "inference-only; use backend='hf'")
 
+        if backend == "auto" and not auto_uses_native(device):
+            backend = "hf"
         native = _load_native(tdir, name, strict=backend == "native") \
             if backend != "hf" and dropout is None else None
         if native is not None:
@@ -459,6 +465,18 @@ class Encoder(nn.Module):
         return enc
 
 
+def auto_uses_native(device: str | torch.device | None = None) -> bool:
+    """Whether ``backend="auto"`` may pick the native backend for ``device``.
+
+    Only on the CPU, where it was measured faster and checked equal to transformers
+    (benchmarks/eval_parity.py, eval_speed.py). On CUDA, transformers until
+    ``benchmarks/gpu_check.sh`` has shown native equal and faster there.
+    """
+    if device is None:
+        return not torch.cuda.is_available()
+    return torch.device(device).type == "cpu"
+
+
 def _load_native(tdir: Path, name: str, *, strict: bool) -> tuple[nn.Module, bool, Any] | None:
     """The native backbone (+ its WordPiece tokenizer, or None where that does not apply).
 
@@ -504,9 +522,11 @@ def _load_hf_backbone(tdir: Path, name: str, dropout: float | None,
                 setattr(config, key, float(dropout))
     try:
         with _quiet_transformers():
+            # dtype=float32: fp32 master weights whatever the checkpoint stores (transformers 5
+            # loads the stored dtype by default); mixed precision is autocast on top.
             backbone, info = AutoModel.from_pretrained(
                 tdir, config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
-                local_files_only=True, output_loading_info=True)
+                local_files_only=True, output_loading_info=True, dtype=torch.float32)
     except Exception as err:
         raise _load_error(name, err) from err
     pooler_trained = not any(k.startswith("pooler.") for k in info.get("missing_keys", ()))
@@ -530,4 +550,4 @@ def _load_error(name: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(f"cannot load model {name}: {_first_line(err)}")
 
 
-__all__ = ["BACKENDS", "Encoder", "library_versions"]
+__all__ = ["BACKENDS", "Encoder", "auto_uses_native", "library_versions"]

@@ -418,6 +418,8 @@ def load_native_encoder(folder: str | Path) -> tuple[NativeEncoderModel, bool]:
     dtypes = {t.dtype for k, t in tensors.items() if t.is_floating_point()}
     if len(dtypes) != 1:
         raise NativeUnsupported(f"mixed weight dtypes {sorted(map(str, dtypes))}")
+    # Computed in the precision asked for (fp32, or autocast on top), not the stored one.
+    tensors = {k: t.float() if t.is_floating_point() else t for k, t in tensors.items()}
     shapes = {
         "embeddings.word_embeddings.weight": (cfg.vocab_size, cfg.hidden_size),
         "encoder.layer.0.intermediate.dense.weight": (cfg.intermediate_size, cfg.hidden_size),

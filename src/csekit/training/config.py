@@ -115,10 +115,15 @@ class TrainConfig:
     # --- logging and checkpoints
     logging_steps: int = 10
     tensorboard: bool = False
-    save_steps: int | None = None  # None: checkpoint at every evaluation (or eval_steps)
+    # full checkpoint every N steps, independent of eval_steps (and at the end, on a signal,
+    # on early stopping); an improving evaluation writes the best model's weights only
+    save_steps: int = 1000
     save_total_limit: int = 2
     resume: bool = False
     progress: bool = True
+    # --- GPU throughput (issue #18)
+    tf32: bool = True  # TF32 matrix products for fp32 runs on Ampere+ GPUs (--no-tf32: off)
+    prefetch: bool = True  # tokenise the next batch in a background thread (pinned on CUDA)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the metadata
 
     # ------------------------------------------------------------------ construction
@@ -244,8 +249,7 @@ class TrainConfig:
             _positive(name, getattr(cfg, name))
         if cfg.max_steps is not None:
             _positive("max_steps", cfg.max_steps)
-        if cfg.save_steps is not None:
-            _positive("save_steps", cfg.save_steps)
+        _positive("save_steps", cfg.save_steps)
         if cfg.save_total_limit < 1:
             raise ConfigError("save_total_limit must be >= 1 (the last checkpoint is needed "
                               "to resume)")

@@ -11,18 +11,21 @@ directory atomically, so the best model is first saved complete into ``output_di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from csekit.atomic import atomic_write_text, fsync_dir
-from csekit.training.checkpoint import TrainerState
+from csekit.precision import exact_fp32
+from csekit.training.checkpoint import TrainerState, disk_errors, last_checkpoint, state_bytes
 from csekit.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -34,6 +37,24 @@ STAGING = ".best-next"
 RUN_FILES = {"checkpoints", "metrics.jsonl", "config.yaml", "results.json", "tensorboard",
              STAGING}
 MODEL_MANIFEST = ".csekit-model-files.json"  # names of the model entries at the root
+
+
+@contextlib.contextmanager
+def plain_fp32_forward(module: torch.nn.Module) -> Iterator[None]:
+    """Run ``module`` as ``csekit eval`` does: its own forward in fp32, outside the autocast
+    wrapper that Accelerate puts on a prepared model's ``forward`` for bf16/fp16 runs, and
+    without TF32. Restored on exit (training goes on in mixed precision)."""
+    patched = module.__dict__.get("forward")
+    original = module.__dict__.get("_original_forward")
+    swap = patched is not None and original is not None
+    if swap:
+        module.forward = original  # type: ignore[method-assign]
+    try:
+        with exact_fp32():
+            yield
+    finally:
+        if swap:
+            module.forward = patched  # type: ignore[method-assign]
 
 
 def versions() -> dict[str, str]:
@@ -78,8 +99,9 @@ class BestModelKeeper:
 
         enc.eval()
         try:
-            res = evaluate_sts(self._encode_fn(enc), self.config.data_dir,
-                               tasks=["STSBenchmark"], split="dev")
+            with plain_fp32_forward(enc):
+                res = evaluate_sts(self._encode_fn(enc), self.config.data_dir,
+                                   tasks=["STSBenchmark"], split="dev")
         finally:
             enc.train()
         return float(res.spearman["STSBenchmark"])
@@ -98,8 +120,11 @@ class BestModelKeeper:
         }
 
     def save(self, enc: Encoder, state: TrainerState, *, score: float | None) -> None:
-        """Save ``enc`` as the best model at the root of ``output_dir``."""
-        enc.save(self.root / STAGING, metadata=self.metadata(state, score))
+        """Save ``enc`` as the best model at the root of ``output_dir`` (model weights only, not
+        a full checkpoint)."""
+        with disk_errors(self.root / STAGING, needed=state_bytes(enc) + 5_000_000,
+                         what="the best model", last_good=last_checkpoint(self.root)):
+            enc.save(self.root / STAGING, metadata=self.metadata(state, score))
         commit_best(self.root)
         logger.info("best model saved to %s (STS-B dev %s)", self.root,
                     "n/a" if score is None else f"{score:.2f}")
@@ -138,12 +163,16 @@ class BestModelKeeper:
         results = {"best_step": state.best_step, "stsb_dev": state.best_score,
                    "test": test, "steps": state.step, "versions": versions()}
         atomic_write_text(root / "results.json", json.dumps(results, indent=1))
-        # Re-save the best model so its own metadata carries the test results.
+        # The model's own metadata gets the test results; its weights are not rewritten.
         meta = json.loads((root / "csekit.json").read_text(encoding="utf-8")) \
             if (root / "csekit.json").exists() else {}
         meta["test"] = test
-        best.save(root / STAGING, metadata=meta)
-        commit_best(root)
+        atomic_write_text(root / "csekit.json", json.dumps(meta, indent=2, default=str) + "\n")
+        # ... and so does its model card, which is rendered from that metadata.
+        from csekit.modeling.model_card import CARD_FILE, build_model_card
+
+        atomic_write_text(root / CARD_FILE,
+                          build_model_card(json.loads(json.dumps(meta, default=str))))
         return test
 
 

@@ -46,3 +46,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def seed_dropout(seed: int, rank: int) -> None:
+    """Seed the torch RNGs that dropout draws from with ``seed + rank``: each process gets its
+    own masks (rank 0 the same as a single process). Data order and centroid initialisation
+    use their own seeded generators and stay identical on every process."""
+    torch.manual_seed(seed + rank)  # (all CUDA devices too)

@@ -36,6 +36,14 @@ from csekit import distributed as D
 from csekit.data.triplets import open_training_corpus
 from csekit.errors import ConfigError, DataError, TrainingError
 from csekit.objectives.base import read_scalars
+from csekit.precision import configure_tf32
+from csekit.training.agreement import (
+    agree_errors,
+    agree_flags,
+    agree_on_checkpoint,
+    check_loaded_step,
+    check_shared_output_dir,
+)
 from csekit.training.checkpoint import (
     TrainerState,
     checkpoint_dir,
@@ -47,7 +55,8 @@ from csekit.training.checkpoint import (
 from csekit.training.config import TrainConfig
 from csekit.training.metrics import MetricsLogger
 from csekit.training.model_io import BestModelKeeper, recover_best
-from csekit.training.rng import get_rng_state, seed_everything, set_rng_state
+from csekit.training.prefetch import Prefetcher, pin, to_device
+from csekit.training.rng import get_rng_state, seed_dropout, seed_everything, set_rng_state
 from csekit.training.signals import StopSignal
 from csekit.training.supervised import record_mode, tokenize_batch, views
 
@@ -118,11 +127,14 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         config.validate(world_size=self.world)
         self.output_dir = Path(config.output_dir)
-        self._check_paths()
+        agree_errors(self._check_paths)
+        self._resume_step = self._agree_on_output_dir()
         if self.is_main:
             logger.info("effective settings: %s", given.effective_summary())
+        configure_tf32(self.accelerator.device, config.precision, config.tf32)
         seed_everything(config.seed)
         self._build()
+        seed_dropout(config.seed, self.rank)  # dropout differs across processes; data does not
         self.keeper = BestModelKeeper(self.config, self.output_dir,
                                       device=self.accelerator.device, world_size=self.world)
 
@@ -141,11 +153,13 @@ class Trainer:
                                 f"point it at the folder that contains downstream/")
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ConfigError(f"--output-dir {self.output_dir} exists and is not a directory")
+
+    def _agree_on_output_dir(self) -> int | None:
+        """Every process sees the same --output-dir, and rank 0's resume decision (issue #18)."""
+        check_shared_output_dir(self.output_dir)
         if self.is_main:
             recover_best(self.output_dir)
-        if list_checkpoints(self.output_dir) and not cfg.resume:
-            raise ConfigError(f"--output-dir {self.output_dir} already holds checkpoints; pass "
-                              f"--resume to continue that run or choose another directory")
+        return agree_on_checkpoint(self.output_dir, resume=self.config.resume)
 
     def _build(self) -> None:
         from csekit.modeling.encoder import Encoder
@@ -198,48 +212,63 @@ class Trainer:
         return self.corpus.num_batches(self.config.batch_size)
 
     # ------------------------------------------------------------------ data
-    def _micro_batches(self) -> Iterator[list[str]]:
+    def _micro_batches(self) -> Iterator[tuple[list[Any], tuple[int, int]]]:
         """This process's slices of the global batches from the saved data position on, across
-        epochs; updates the state."""
+        epochs, each with the data position after it, (epoch, batches consumed in it); the
+        state is set when a batch is used (:meth:`_take`), not when it is read ahead."""
         cfg = self.config
+        epoch, done = self.state.epoch, self.state.batches_in_epoch
         while True:
-            if cfg.max_steps is None and self.state.epoch >= cfg.epochs:
+            if cfg.max_steps is None and epoch >= cfg.epochs:
                 return
-            it = self.corpus.batches(cfg.batch_size, seed=cfg.seed, epoch=self.state.epoch,
-                                     skip=self.state.batches_in_epoch, rank=self.rank,
-                                     world=self.world)
+            it = self.corpus.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch, skip=done,
+                                     rank=self.rank, world=self.world)
             got = False
             for batch in it:
                 if len(batch) < cfg.batch_size // self.world:
                     break  # a short last batch is dropped (fixed global batch size)
                 got = True
-                self.state.batches_in_epoch += 1
-                yield batch
-            if not got and self.state.batches_in_epoch == 0:
+                done += 1
+                yield batch, (epoch, done)
+            if not got and done == 0:
                 raise DataError(f"corpus {cfg.train_file} yields no full batch of "
                                 f"{cfg.batch_size} sentences")
-            self.state.epoch += 1
-            self.state.batches_in_epoch = 0
+            epoch, done = epoch + 1, 0
+
+    def _data_stream(self) -> Prefetcher:
+        """Tokenised local batches, prepared one ahead in a background thread (pinned on
+        CUDA); each item is (host inputs, data position)."""
+        dev = self.accelerator.device
+
+        def prepare(item: tuple[list[str], tuple[int, int]]) -> tuple[dict[str, Any], Any]:
+            batch, position = item
+            return pin(self._local_inputs(batch), dev), position
+
+        return Prefetcher(self._micro_batches(), prepare, enabled=self.config.prefetch)
+
+    def _take(self, item: tuple[dict[str, Any], tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """Use a prepared batch: record its data position, copy it to the device."""
+        inputs, (self.state.epoch, self.state.batches_in_epoch) = item
+        return to_device(inputs, self.accelerator.device)
 
     def _local_inputs(self, local: list[Any]) -> dict[str, torch.Tensor]:
-        """Token tensors of this process's rows of the global batch (all views)."""
-        enc = tokenize_batch(self.encoder.tokenizer, local, self.config.supervision,
-                             self.config.max_seq_len)
-        dev = self.accelerator.device
-        return {k: v.to(dev) for k, v in enc.items()}
+        """This process's rows of the global batch, tokenised for all views (host tensors)."""
+        return tokenize_batch(self.encoder.tokenizer, local, self.config.supervision,
+                              self.config.max_seq_len)
 
     # ------------------------------------------------------------------ resume
     def _resume(self) -> None:
-        ckpts = list_checkpoints(self.output_dir)
-        if not ckpts:
+        if self._resume_step is None:  # rank 0's choice, the same on every process
             logger.warning("--resume: no checkpoint in %s/checkpoints; starting from scratch",
                            self.output_dir)
             return
-        path = ckpts[-1]
-        state, rng_states, saved_cfg = load_checkpoint(
-            path, model=self.accelerator.unwrap_model(self.model),
+        path = checkpoint_dir(self.output_dir, self._resume_step)
+        state, rng_states, saved_cfg = agree_errors(
+            load_checkpoint, path, model=self.accelerator.unwrap_model(self.model),
             optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
-            else self.optimizer, scheduler=self.scheduler, objective=self.objective)
+            else self.optimizer, scheduler=self.scheduler, objective=self.objective,
+            scaler=self.accelerator.scaler)
+        check_loaded_step(state.step, self._resume_step, self.accelerator.device)
         for key in ("model", "objective", "batch_size", "seed", "supervision"):
             if key in saved_cfg and saved_cfg[key] != getattr(self.config, key):
                 logger.warning("resuming with %s=%r, the checkpoint was written with %r",
@@ -265,14 +294,17 @@ class Trainer:
             rng_states = gathered
         else:
             rng_states = [rng]
-        if self.is_main:
-            save_checkpoint(checkpoint_dir(self.output_dir, self.state.step),
-                            model=self.accelerator.unwrap_model(self.model),
-                            optimizer=self.optimizer, scheduler=self.scheduler,
-                            objective=self.objective, rng_states=rng_states, state=self.state,
-                            config=self.config.to_dict())
-            rotate_checkpoints(self.output_dir, self.config.save_total_limit)
-        D.barrier()
+        def save() -> None:
+            if self.is_main:
+                save_checkpoint(checkpoint_dir(self.output_dir, self.state.step),
+                                model=self.accelerator.unwrap_model(self.model),
+                                optimizer=self.optimizer, scheduler=self.scheduler,
+                                objective=self.objective, rng_states=rng_states,
+                                state=self.state, config=self.config.to_dict(),
+                                scaler=self.accelerator.scaler)
+                rotate_checkpoints(self.output_dir, self.config.save_total_limit)
+
+        agree_errors(save)  # a full disk on rank 0 stops every process with the same line
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
@@ -295,15 +327,25 @@ class Trainer:
                 self._loop(stop, metrics, result)
         finally:
             metrics.close()
+            if getattr(self, "_data", None) is not None:
+                self._data.close()
         result.steps = self.state.step
         result.best_score, result.best_step = self.state.best_score, self.state.best_step
-        if result.stopped != "interrupted" and self.is_main:
-            if cfg.data_dir is None:
-                self.keeper.save(self._unwrapped(), self.state, score=None)
-            if cfg.data_dir is not None and cfg.final_test:
-                result.test = self.keeper.final_test(self.state)
+        if result.stopped != "interrupted":
+            result.test = agree_errors(self._finish)
         D.barrier()
         return result
+
+    def _finish(self) -> dict[str, Any] | None:
+        """Rank 0: the final model (no evaluation) or the final test of the best model."""
+        cfg = self.config
+        if not self.is_main:
+            return None
+        if cfg.data_dir is None:
+            self.keeper.save(self._unwrapped(), self.state, score=None)
+        if cfg.data_dir is not None and cfg.final_test:
+            return self.keeper.final_test(self.state)
+        return None
 
     def _loop(self, stop: StopSignal, metrics: MetricsLogger, result: TrainResult) -> None:
         from tqdm.auto import tqdm
@@ -312,12 +354,12 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step",
                    disable=not (self.is_main and cfg.progress) or bool(os.environ.get("CI")),
                    dynamic_ncols=True)
-        data = self._micro_batches()
+        data = self._data = self._data_stream()
+        self._stop, self._stop_agreed = stop, False
         self.model.train()
         t0, sent0 = time.perf_counter(), self.state.sentences_seen
         window: list[float] = []
         last_stats: dict[str, float] = {}
-        save_every = cfg.save_steps or cfg.eval_steps
         if cfg.data_dir is not None and cfg.eval_at_start and self.state.step == 0 \
                 and not self.state.history:
             self._evaluate(metrics)
@@ -345,16 +387,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{lr:.2e}",
                                 sent_s=f"{rate:.0f}")
                 window.clear()
-            evaluated = False
             if cfg.data_dir is not None and (step % cfg.eval_steps == 0 or done):
                 self._evaluate(metrics)
-                evaluated = True
-            interrupted = self._any(stop.requested)
+            interrupted = self._interrupted()
             early = (cfg.patience is not None
                      and self.state.evals_without_improvement >= cfg.patience)
             if early or done:
                 self.state.finished = True
-            if step % save_every == 0 or interrupted or early or done or evaluated:
+            if step % cfg.save_steps == 0 or interrupted or early or done:
                 self._save_checkpoint()
             if interrupted:
                 result.stopped, result.exit_code = "interrupted", stop.exit_code or 130
@@ -372,14 +412,22 @@ class Trainer:
         """The Encoder under Accelerate's wrappers."""
         return self.accelerator.unwrap_model(self.model)
 
-    def _any(self, flag: bool) -> bool:
-        """True when ``flag`` is set on any process (all processes must take the same branch)."""
+    def _interrupted(self) -> bool:
+        """A stop signal, agreed by all processes in the step's one collective; a single
+        process reads its own flag directly (nothing to agree on)."""
         if not D.is_distributed():
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
-        return bool(D.all_reduce_sum_(t).item() > 0)
+            return self._stop.requested
+        return self._stop_agreed
 
-    def _step(self, data: Iterator[list[str]]) -> tuple[float | None, dict[str, float], bool]:
+    def _agree_step(self, nonfinite: bool) -> bool:
+        """The step's ONE collective: a non-finite loss on any process, a stop signal on any
+        process. Returns the first; keeps the second for :meth:`_interrupted`."""
+        stop = getattr(self, "_stop", None)
+        nonfinite, self._stop_agreed = agree_flags(
+            [nonfinite, bool(stop is not None and stop.requested)], self.accelerator.device)
+        return nonfinite
+
+    def _step(self, data: Iterator[Any]) -> tuple[float | None, dict[str, float], bool]:
         """One optimiser update over ``grad_accum_steps`` global batches.
 
         Returns (mean loss, objective stats, applied); (None, {}, False) when data runs out.
@@ -391,12 +439,13 @@ class Trainer:
                         for k, v in self.objective.state_dict().items()}
         losses: list[float] = []
         stats: dict[str, float] = {}
+        bad: float | None = None  # the first non-finite loss of this update
         for micro in range(cfg.grad_accum_steps):
             try:
-                batch = next(data)
+                item = next(data)
             except StopIteration:
                 return None, {}, False
-            inputs = self._local_inputs(batch)
+            inputs = self._take(item)
             last = micro == cfg.grad_accum_steps - 1
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync:
@@ -409,19 +458,43 @@ class Trainer:
                 self.accelerator.backward(loss * (self.world / cfg.grad_accum_steps))
             read = read_scalars(out.stats or {}, first=loss)  # the micro-step's one host sync
             loss_value = read.pop("")
-            if self._any(not math.isfinite(loss_value)):
-                self._on_nonfinite(loss_value, snapshot)
-                return 0.0, {}, False
+            if bad is None and not math.isfinite(loss_value):
+                bad = loss_value
             losses.append(loss_value)
             stats = read
             self.state.sentences_seen += cfg.batch_size
+        if self._agree_step(bad is not None):  # one collective per update
+            self._on_nonfinite(bad if bad is not None else float("nan"), snapshot)
+            return 0.0, {}, False
         if cfg.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
-        if not getattr(self.optimizer, "step_was_skipped", False):
+        skipped = self._optimizer_step()
+        if not skipped:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if skipped:  # fp16: the scaler found inf/NaN gradients; not a step (schedule agrees)
+            self._on_overflow()
+            return sum(losses) / len(losses), stats, False
         return sum(losses) / len(losses), stats, True
+
+    def _optimizer_step(self) -> bool:
+        """``optimizer.step()``; True when the fp16 gradient scaler skipped it.
+
+        Read from the loss scale (it backs off exactly when inf/NaN gradients were found), not
+        from Accelerate's ``step_was_skipped``: with a fused AdamW the scaler hands the
+        inf check to the kernel and always calls ``step``, so that flag stays False.
+        """
+        scaler = self.accelerator.scaler
+        before = scaler.get_scale() if scaler is not None else None
+        self.optimizer.step()
+        return before is not None and scaler.get_scale() < before
+
+    def _on_overflow(self) -> None:
+        self.state.skipped_overflow += 1
+        scaler = self.accelerator.scaler
+        logger.info("fp16 gradient overflow: update skipped, loss scale now %s (%d skipped)",
+                    scaler.get_scale() if scaler is not None else "n/a",
+                    self.state.skipped_overflow)
 
     def _on_nonfinite(self, loss: float, snapshot: dict[str, Any] | None) -> None:
         cfg = self.config
@@ -445,6 +518,9 @@ class Trainer:
                                 f"{step}: training diverged; lower --learning-rate")
 
     def _evaluate(self, metrics: MetricsLogger) -> None:
+        data = getattr(self, "_data", None)
+        if data is not None:
+            data.drain()  # no background tokenising while evaluation uses the tokenizer
         score = self.keeper.evaluate_dev(self._unwrapped()) if self.is_main else 0.0
         t = torch.tensor([score], dtype=torch.float64, device=self.accelerator.device)
         score = float(D.broadcast_(t).item())

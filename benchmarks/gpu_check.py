@@ -1,0 +1,256 @@
+"""The GPU part of ``benchmarks/gpu_check.sh`` (issue #18): training and encoding throughput.
+
+Runs on a machine with torch + CUDA, transformers, accelerate and sentence-transformers and
+nothing else (no hub, no ``datasets``, no shared data, csekit from the source tree): models
+and sentences are made on the spot (:mod:`benchmarks._offline_assets`).
+
+1. **Training** (csekit's ``Trainer``, bf16, length 32: every sentence has 31+ words, so every
+   sequence is truncated to exactly 32 tokens): a bert-base shape (``BertConfig()`` defaults,
+   random weights), SimCSE and ClusterNS (clustering from the first step, k = 128) at batch
+   64 and 512. Sentences/s, model-FLOPs utilisation against the card's dense bf16 peak
+   (FLOPs formula in ``benchmarks/train_throughput.py``), the ClusterNS overhead (its median
+   step over SimCSE's, and its objective's own forward+backward over a SimCSE step), and the
+   time of one wiki1m epoch (15,625 steps of 64) at the measured rate. Targets (issue #18, one
+   H100/H200): MFU >= 40%, epoch <= 8 min, ClusterNS overhead <= 3%.
+2. **Encoding** 20,000 sentences (6-40 words, max 128 tokens, batch 128, fp32 without TF32)
+   with csekit's transformers backend, csekit's native backend and sentence-transformers on the
+   same GPU; sentences/s and the largest difference of the embeddings (native vs
+   transformers decides whether ``--backend auto`` may use native on CUDA).
+
+Writes ``gpu_check.json`` and ``gpu_check.md`` (naming the GPU) into ``--out``.
+``--device cpu --tiny`` runs the same code on a tiny model for a quick check without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import train_throughput as tt
+from benchmarks._offline_assets import pseudo_words, save_bert, sentences
+
+WIKI1M_STEPS = 15_625  # one epoch of wiki1m at batch 64
+TARGETS = {"mfu": 0.40, "epoch_minutes": 8.0, "clusterns_overhead": 0.03}
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
+                            "python": sys.version.split()[0], "loadavg": os.getloadavg()}
+    for name in ("transformers", "accelerate", "sentence_transformers"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            info[name] = None
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_count=torch.cuda.device_count(),
+                    capability=f"{p.major}.{p.minor}", gpu_memory_gib=round(p.total_memory / 2**30, 1))
+    else:
+        info["gpu"] = None
+    return info
+
+
+def train_part(model: Path, work: Path, device: str, batches: list[int], steps: int,
+               warmup: int, peak: float | None, timeout: float) -> dict[str, Any]:
+    words = pseudo_words(5000, seed=1)
+    corpus = work / "train.txt"
+    n = max(batches) * (warmup + steps)
+    corpus.write_text("\n".join(sentences(n, words, min_words=31, max_words=48, seed=2)) + "\n",
+                      encoding="utf-8")
+    shape = tt._model_shape(str(model))
+    out: dict[str, Any] = {"shape": shape, "steps": steps, "warmup": warmup, "by_batch": {}}
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4
+    for batch in batches:
+        res: dict[str, Any] = {}
+        for config in ("simcse", "clusterns"):
+            spec = {"model": str(model), "train_file": str(corpus), "batch_size": batch,
+                    "seq_len": 32, "steps": steps, "warmup": warmup, "threads": threads,
+                    "precision": "bf16", "device": device, "config": config}
+            t = time.perf_counter()
+            run = tt._spawn(spec, timeout)
+            res[config] = tt.summarise([run], batch, shape, peak)
+            res[config]["wall_s"] = time.perf_counter() - t
+            print(f"train batch {batch} {config}: {res[config]['sentences_per_s']:.0f} sent/s"
+                  + (f", MFU {res[config]['mfu']:.1%}" if "mfu" in res[config] else ""),
+                  flush=True)
+        s, c = res["simcse"], res["clusterns"]
+        res["clusterns_step_overhead"] = c["step_s_median"] / s["step_s_median"] - 1
+        res["clusterns_objective_overhead"] = ((c["objective_ms"] - s["objective_ms"]) / 1e3
+                                               / s["step_s_median"])
+        res["epoch_minutes_at_this_rate"] = WIKI1M_STEPS * 64 / s["sentences_per_s"] / 60
+        out["by_batch"][str(batch)] = res
+    return out
+
+
+def encode_part(model: Path, device: str, n: int) -> dict[str, Any]:
+    import torch
+
+    from csekit.modeling.encoder import Encoder
+    from csekit.precision import exact_fp32
+
+    sents = sentences(n, pseudo_words(5000, seed=1), min_words=6, max_words=40, seed=3)
+    out: dict[str, Any] = {"sentences": n, "batch_size": 128, "max_seq_len": 128}
+
+    def timed(fn) -> tuple[torch.Tensor, float]:  # type: ignore[no-untyped-def]
+        fn(sents[:512])  # warm-up (kernels, allocator)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        emb = fn(sents)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return torch.as_tensor(emb).float().cpu(), n / (time.perf_counter() - t)
+
+    embs: dict[str, torch.Tensor] = {}
+    with exact_fp32():
+        for backend in ("hf", "native"):
+            enc = Encoder.from_pretrained(str(model), backend=backend, pooler="avg",
+                                          max_seq_len=128)
+            embs[backend], rate = timed(lambda s, e=enc: e.encode(s, batch_size=128,
+                                                                  device=device))
+            out[f"csekit_{backend}_sent_per_s"] = rate
+            del enc
+        try:
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(str(model), device=device)
+            st.max_seq_length = 128
+            embs["st"], rate = timed(lambda s: st.encode(s, batch_size=128,
+                                                          convert_to_numpy=True))
+            out["st_sent_per_s"] = rate
+        except Exception as err:  # noqa: BLE001 - recorded, the rest of the check goes on
+            out["st_error"] = f"{type(err).__name__}: {err}"
+    out["max_abs_diff_native_vs_hf"] = float((embs["native"] - embs["hf"]).abs().max())
+    if "st" in embs:
+        out["max_abs_diff_hf_vs_st"] = float((embs["hf"] - embs["st"]).abs().max())
+        out["csekit_hf_vs_st"] = out["csekit_hf_sent_per_s"] / out["st_sent_per_s"]
+        out["csekit_native_vs_st"] = out["csekit_native_sent_per_s"] / out["st_sent_per_s"]
+    out["native_equal"] = out["max_abs_diff_native_vs_hf"] < 1e-4
+    out["native_faster"] = out["csekit_native_sent_per_s"] > out["csekit_hf_sent_per_s"]
+    return out
+
+
+def markdown(p: dict[str, Any]) -> str:
+    m = p["machine"]
+    lines = [f"# GPU check: {m.get('gpu') or 'no GPU (CPU dry run)'}", "",
+             f"torch {m['torch']} (CUDA {m['cuda']}), transformers {m['transformers']}, "
+             f"accelerate {m['accelerate']}, sentence-transformers "
+             f"{m['sentence_transformers']}; capability {m.get('capability')}, "
+             f"{m.get('gpu_count', 0)} GPU(s); load average {m['loadavg']}; "
+             f"{p['date']}; total {p['total_s']:.0f} s.", ""]
+    if p.get("pytest"):
+        lines += [f"`pytest -m gpu`: {p['pytest']}", ""]
+    tr = p.get("train")
+    if tr:
+        lines += ["## Training (bf16, length 32, random bert-base shape)", "",
+                  "| batch | objective | sentences/s | step ms (median) | MFU | peak GPU MiB |",
+                  "|---|---|---|---|---|---|"]
+        for b, res in tr["by_batch"].items():
+            for c in ("simcse", "clusterns"):
+                r = res[c]
+                mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+                lines.append(f"| {b} | {c} | {r['sentences_per_s']:.0f} | "
+                             f"{r['step_s_median'] * 1e3:.1f} | {mfu} | "
+                             f"{r.get('peak_gpu_mb', 0):.0f} |")
+        lines.append("")
+        for b, res in tr["by_batch"].items():
+            lines.append(f"- batch {b}: ClusterNS step overhead {res['clusterns_step_overhead']:+.1%}"
+                         f" (objective alone {res['clusterns_objective_overhead']:+.1%}); one "
+                         f"wiki1m epoch (15,625 x 64) at the SimCSE rate: "
+                         f"{res['epoch_minutes_at_this_rate']:.1f} min")
+        t = p.get("targets", {})
+        if t:
+            lines += ["", "Targets (batch 64): " + "; ".join(
+                f"{k} {'met' if v['met'] else 'NOT met'} ({v['value']:.3g} vs {v['target']})"
+                for k, v in t.items())]
+        lines.append("")
+    en = p.get("encode")
+    if en:
+        lines += ["## Encoding (fp32, no TF32, batch 128, max 128 tokens)", "",
+                  "| csekit transformers | csekit native | sentence-transformers |", "|---|---|---|",
+                  f"| {en['csekit_hf_sent_per_s']:.0f} | {en['csekit_native_sent_per_s']:.0f} | "
+                  f"{en.get('st_sent_per_s', float('nan')):.0f} |", "",
+                  f"- max |native - transformers| = {en['max_abs_diff_native_vs_hf']:.2e} "
+                  f"(equal: {en['native_equal']}, native faster: {en['native_faster']}); "
+                  f"max |csekit - sentence-transformers| = "
+                  f"{en.get('max_abs_diff_hf_vs_st', float('nan')):.2e}.",
+                  "- `--backend auto` may use native on CUDA only if both are true on the "
+                  "GPUs that matter."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or
+                                                     Path(__file__).parent / "results"))
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model (quick dry run)")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batches", default="64,512")
+    ap.add_argument("--encode-sentences", type=int, default=20000)
+    ap.add_argument("--timeout", type=float, default=240, help="seconds per training worker")
+    ap.add_argument("--pytest-summary", default=None, help="the gpu tests' summary line")
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-encode", action="store_true")
+    a = ap.parse_args(argv)
+    import torch
+
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device visible", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    info = machine()
+    peak = tt._peak_for(info.get("gpu"), None)
+    payload: dict[str, Any] = {"machine": info, "pytest": a.pytest_summary,
+                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "peak_bf16_tflops": peak, "command": " ".join(sys.argv)}
+    with tempfile.TemporaryDirectory(prefix="csekit-gpu-check-") as tmp:
+        work = Path(tmp)
+        words = pseudo_words(5000, seed=1)
+        shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128) if a.tiny else \
+            dict(vocab_size=30522)  # BertConfig() defaults: bert-base
+        model = save_bert(work / "model", words=words, **shape)
+        batches = [int(b) for b in a.batches.split(",")]
+        if not a.skip_train:
+            payload["train"] = train_part(model, work, a.device, batches, a.steps, a.warmup,
+                                          peak, a.timeout)
+            b64 = payload["train"]["by_batch"].get("64")
+            if b64 and "mfu" in b64["simcse"]:
+                payload["targets"] = {
+                    "mfu": {"value": b64["simcse"]["mfu"], "target": TARGETS["mfu"],
+                            "met": b64["simcse"]["mfu"] >= TARGETS["mfu"]},
+                    "epoch_minutes": {"value": b64["epoch_minutes_at_this_rate"],
+                                      "target": TARGETS["epoch_minutes"],
+                                      "met": b64["epoch_minutes_at_this_rate"]
+                                      <= TARGETS["epoch_minutes"]},
+                    "clusterns_overhead": {"value": b64["clusterns_step_overhead"],
+                                           "target": TARGETS["clusterns_overhead"],
+                                           "met": b64["clusterns_step_overhead"]
+                                           <= TARGETS["clusterns_overhead"]}}
+        if not a.skip_encode:
+            payload["encode"] = encode_part(model, a.device, a.encode_sentences)
+            print(f"encode: {json.dumps(payload['encode'])}", flush=True)
+    payload["total_s"] = time.perf_counter() - t0
+    a.out.mkdir(parents=True, exist_ok=True)
+    name = "gpu_check" if a.device == "cuda" else "gpu_check_cpu_dry_run"
+    (a.out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    (a.out / f"{name}.md").write_text(markdown(payload))
+    print(f"gpu_check: wrote {a.out / (name + '.json')} and .md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

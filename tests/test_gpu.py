@@ -1,0 +1,149 @@
+"""GPU checks (issue #18), marked ``gpu`` and skipped without CUDA; ``benchmarks/gpu_check.sh``
+runs them on a GPU machine. CI never needs them.
+
+- bf16 and fp16 training on CUDA with an interrupted run + ``--resume`` equal to the
+  uninterrupted run (deterministic algorithms on; fp16 with its real gradient scaler, whose
+  skipped updates are not steps);
+- the native inference backend on CUDA equal to transformers (fp32, no TF32);
+- 2-GPU DDP (torchrun, NCCL) equal to one GPU on the same global batch, when 2 GPUs exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import _stop_after, config, make_corpus
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT with a generated WordPiece vocabulary: a GPU machine has no shared
+    data or packaged model (this overrides conftest's fixture, which needs them)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks._offline_assets import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("gpu-tiny-bert"))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    return make_corpus(tmp_path / "corpus.txt", n=400)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_resumes_exactly_on_cuda(tiny_bert_dir: Path, corpus: Path,
+                                                          tmp_path: Path,
+                                                          precision: str) -> None:
+    from csekit.training import Trainer
+
+    kw = dict(precision=precision, max_steps=8, save_steps=3, objective="clusterns",
+              n_clusters=4, kmeans_start_cosine=0.99, pooler="cls", mlp="train",
+              learning_rate=1e-3)
+    ref_t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "a", **kw))
+    assert ref_t.accelerator.device.type == "cuda"
+    assert {p.dtype for p in ref_t.encoder.parameters()} == {torch.float32}
+    ref = ref_t.train()
+    assert ref.steps == 8 and len(ref.losses) == 8
+    assert ref_t.scheduler.last_epoch == 8  # skipped fp16 updates are not steps
+    if precision == "fp16":
+        assert ref_t.accelerator.scaler is not None
+        assert (tmp_path / "a" / "checkpoints" / "step-8" / "scaler.pt").is_file()
+
+    t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "b", **kw))
+    _stop_after(t, 5, signal.SIGTERM)
+    part = t.train()
+    assert part.stopped == "interrupted" and part.steps == 5
+    rest_t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "b", resume=True, **kw))
+    rest = rest_t.train()
+    assert rest.steps == 8
+    assert rest.losses == pytest.approx(ref.losses[5:], abs=1e-5)
+    if precision == "fp16":
+        assert rest_t.accelerator.scaler.get_scale() == ref_t.accelerator.scaler.get_scale()
+    a, b = tmp_path / "a" / "checkpoints" / "step-8", tmp_path / "b" / "checkpoints" / "step-8"
+    ma, mb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert {v.dtype for v in ma.values()} == {torch.float32}
+    for k in ma:
+        torch.testing.assert_close(mb[k], ma[k], rtol=0, atol=1e-5, msg=k)
+    oa = torch.load(a / "objective.pt", weights_only=True)
+    ob = torch.load(b / "objective.pt", weights_only=True)
+    for k in oa:
+        torch.testing.assert_close(ob[k], oa[k], rtol=0, atol=1e-5)
+
+
+def test_native_encoding_on_cuda_equals_transformers(tiny_bert_dir: Path) -> None:
+    from csekit.modeling.encoder import Encoder
+    from csekit.precision import exact_fp32
+
+    sents = [f"sentence number {i} about the city and its river" * (1 + i % 3)
+             for i in range(64)] + ["", "a", "the cat sat on the mat"]
+    for pooler in ("cls_before_pooler", "avg", "avg_first_last"):
+        nat = Encoder.from_pretrained(str(tiny_bert_dir), backend="native", pooler=pooler)
+        hf = Encoder.from_pretrained(str(tiny_bert_dir), backend="hf", pooler=pooler)
+        with exact_fp32():
+            a = nat.encode(sents, device="cuda", batch_size=16)
+            b = hf.encode(sents, device="cuda", batch_size=16)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert Encoder.from_pretrained(str(tiny_bert_dir), backend="auto").backend == "hf"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpu_ddp_equals_one_gpu(tiny_bert_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    import socket
+
+    from csekit.training import TrainConfig, Trainer
+
+    opts = dict(objective="clusterns-focal", n_clusters=4, kmeans_start_cosine=1.0,
+                batch_size=16, learning_rate=3e-5, max_steps=5, dropout=0.0, pooler="cls",
+                mlp="train", bml_weight=1e-2, logging_steps=1, seed=3, precision="fp32",
+                tf32=False)
+    one, two = tmp_path / "one", tmp_path / "two"
+    Trainer(TrainConfig.from_dict(dict(model=str(tiny_bert_dir), train_file=str(corpus),
+                                       output_dir=str(one), progress=False, **opts))).train()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags: list[str] = []
+    for k, v in opts.items():
+        if isinstance(v, bool):
+            flags.append(f"--{'' if v else 'no-'}{k.replace('_', '-')}")
+        else:
+            flags += [f"--{k.replace('_', '-')}", str(v)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "csekit", "train",
+           "--model", str(tiny_bert_dir), "--train-file", str(corpus), "--output-dir", str(two),
+           "--no-progress", *flags]
+    proc = subprocess.run(cmd, env=dict(os.environ, CI="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows if "loss" in r] == pytest.approx(
+        [r["loss"] for r in ref if "loss" in r], abs=1e-5)
+    m1 = load_file(str(one / "checkpoints" / "step-5" / "model.safetensors"))
+    m2 = load_file(str(two / "checkpoints" / "step-5" / "model.safetensors"))
+    for k in m1:
+        torch.testing.assert_close(m2[k], m1[k], rtol=0, atol=1e-5, msg=k)
