@@ -97,6 +97,9 @@ class TrainConfig:
     max_steps: int | None = None  # overrides epochs when set
     seed: int = 42
     skip_nonfinite: bool = False
+    # --- training-step speed (issue #17; same maths, see docs/training_speed.md)
+    length_subbatches: int = 4  # train forward as up to N length-sorted sub-batches; 1: one
+    compile: bool = False  # torch.compile the backbone (did not pay on CPU when measured)
     # --- evaluation, early stopping
     eval_steps: int = 125
     eval_batch_size: int = 128
@@ -224,7 +227,7 @@ class TrainConfig:
         if not cfg.train_file:
             raise ConfigError("no training corpus: give --train-file FILE (one sentence a line)")
         for name in ("batch_size", "max_seq_len", "eval_steps", "grad_accum_steps", "epochs",
-                     "logging_steps", "eval_batch_size"):
+                     "logging_steps", "eval_batch_size", "length_subbatches"):
             _positive(name, getattr(cfg, name))
         if cfg.max_steps is not None:
             _positive("max_steps", cfg.max_steps)
