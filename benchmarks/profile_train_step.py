@@ -17,7 +17,6 @@ Run ``python benchmarks/profile_train_step.py --help``; it writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -31,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine_info, quick_gflops, shared_root, write_results
+from benchmarks._common import quick_gflops, shared_root, write_results
 
 PARTS = ("tokenize", "forward", "objective", "backward", "clip", "optimizer", "zero_grad")
 
@@ -216,8 +215,8 @@ def markdown(p: dict[str, Any]) -> str:
          f"{p['loadavg_after']}; `torch.mm` rate before {p['mm_gflops_before']:.0f} GFLOP/s. "
          f"Absolute times are those of a loaded machine; read the shares."),
         "",
-        f"Step wall time under the profiler: {step:.0f} ms "
-        f"({', '.join(f'{x:.0f}' for x in p['step_ms_each'])}).",
+        (f"Step wall time under the profiler: {step:.0f} ms "
+         f"({', '.join(f'{x:.0f}' for x in p['step_ms_each'])})."),
         "",
         "| part of the step | ms per step | share |",
         "|---|---|---|",

@@ -26,7 +26,8 @@ from csekit.modeling.subbatch import plan_length_subbatches, right_padded_length
 from csekit.objectives import build_objective
 from csekit.training.speed import unused_parameters
 
-WORDS = "the of and to in is was for on that with as by at from city river music war".split()
+WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by",
+         "at", "from", "city", "river", "music", "war"]
 
 
 def _sentences(n: int, seed: int = 0) -> list[str]:
@@ -222,12 +223,13 @@ def test_trainer_losses_equal_with_and_without_subbatches(tiny_bert_dir: Path,
     corpus = make_corpus(tmp_path / "corpus.txt", n=200)
     runs = {}
     for n in (1, 4):
-        cfg = TrainConfig.from_dict(dict(
-            model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(tmp_path / f"r{n}"),
-            batch_size=16, learning_rate=3e-5, max_steps=4, eval_steps=100, logging_steps=1,
-            progress=False, pooler="cls", mlp="train", dropout=0.0, seed=5,
-            objective="clusterns", n_clusters=4, kmeans_start_cosine=1.0,
-            length_subbatches=n))
+        cfg = TrainConfig.from_dict({
+            "model": str(tiny_bert_dir), "train_file": str(corpus),
+            "output_dir": str(tmp_path / f"r{n}"), "batch_size": 16, "learning_rate": 3e-5,
+            "max_steps": 4, "eval_steps": 100, "logging_steps": 1, "progress": False,
+            "pooler": "cls", "mlp": "train", "dropout": 0.0, "seed": 5,
+            "objective": "clusterns", "n_clusters": 4, "kmeans_start_cosine": 1.0,
+            "length_subbatches": n})
         trainer = Trainer(cfg)
         res = trainer.train()
         runs[n] = (res.losses, {k: v.detach().clone()

@@ -21,6 +21,7 @@ lengths (at most ``max_seq_len`` of them).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -69,7 +70,7 @@ def plan_length_subbatches(lengths: Sequence[int] | np.ndarray | torch.Tensor, m
     for gg in range(g, 0, -1):
         bounds.append(int(cut[gg, bounds[-1]]))
     bounds.reverse()  # distinct-length boundaries 0 = b0 < b1 < ... < bg = m
-    return [order[rows[lo]:rows[hi]] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [order[rows[lo]:rows[hi]] for lo, hi in itertools.pairwise(bounds)]
 
 
 def right_padded_lengths(attention_mask: torch.Tensor) -> list[int] | None:
