@@ -27,8 +27,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-# Fixed cost of one more sub-batch, in padded tokens (measured on CPU for MiniLM-sized models:
-# a forward + backward of a tiny group costs about as much as this many extra tokens).
+# Fixed cost of one more sub-batch, in padded tokens: one more forward + backward has a host
+# cost (Python, operator dispatch) and small matrix products run less efficiently. A chosen
+# value, not a tuned one (this machine was too loaded to tune it): it keeps tiny groups of a
+# few long rows from becoming forwards of their own.
 DEFAULT_PART_COST_TOKENS = 96
 
 
@@ -76,15 +78,16 @@ def plan_length_subbatches(lengths: Sequence[int] | np.ndarray | torch.Tensor, m
 def right_padded_lengths(attention_mask: torch.Tensor) -> list[int] | None:
     """Row lengths when every row's mask is ones then zeros (right padding), else None.
 
-    One small device-to-host copy of the mask's row sums when the mask lives on a GPU.
+    One small device-to-host copy (N + 1 integers) when the mask lives on a GPU.
 
     Shape: attention_mask (N, L) -> N lengths.
     """
     mask = attention_mask.to(torch.int64)
     lengths = mask.sum(1)
     prefix = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0) < lengths.unsqueeze(1)
-    ok = torch.equal(mask.bool(), prefix)
-    return lengths.tolist() if ok else None
+    ok = (mask.bool() == prefix).all().to(torch.int64).view(1)
+    *out, is_right_padded = torch.cat([lengths, ok]).tolist()
+    return out if is_right_padded else None
 
 
 def forward_length_subbatched(
