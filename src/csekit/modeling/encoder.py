@@ -30,7 +30,7 @@ from csekit.modeling.fast_encode import pad_batch, plan_batches, progress_bar
 from csekit.modeling.pooling import HIDDEN_STATE_POOLERS, MLP_MODES, POOLERS, MLPHead, pool_tokens
 from csekit.modeling.resolve import check_transformer_dir, resolve_model_dir
 from csekit.modeling.st_format import read_st_modules, write_st_modules
-from csekit.modeling.subbatch import forward_length_subbatched
+from csekit.modeling.subbatch import forward_length_subbatched, part_cost_for_width
 from csekit.precision import autocast_context
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ class Encoder(nn.Module):
         # Train-mode forward in up to this many length-sorted sub-batches (1: one batch); the
         # Trainer sets it from TrainConfig.length_subbatches.
         self.length_subbatches = 1
+        self.subbatch_part_cost = part_cost_for_width(hidden)  # tokens per extra sub-batch
         # The backbone's own pooler (BERT's Linear+Tanh) when no forward uses it: kept out of
         # the module tree (not run, not a parameter, so no unused parameter under DDP) and put
         # back for saving, so a saved folder keeps the checkpoint's pooler weights.
@@ -241,7 +242,8 @@ class Encoder(nn.Module):
         """
         if self.training and self.length_subbatches > 1:
             return forward_length_subbatched(self._forward_rows, input_ids, attention_mask,
-                                             token_type_ids, max_parts=self.length_subbatches)
+                                             token_type_ids, max_parts=self.length_subbatches,
+                                             part_cost_tokens=self.subbatch_part_cost)
         return self._forward_rows(input_ids, attention_mask, token_type_ids)
 
     def _forward_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -29,9 +29,21 @@ import torch
 
 # Fixed cost of one more sub-batch, in padded tokens: one more forward + backward has a host
 # cost (Python, operator dispatch) and small matrix products run less efficiently. A chosen
-# value, not a tuned one (this machine was too loaded to tune it): it keeps tiny groups of a
-# few long rows from becoming forwards of their own.
+# value for a width-384 model (all-MiniLM-L6-v2), not a tuned one (the machine was too loaded
+# to tune it): it keeps tiny groups of a few long rows from becoming forwards of their own.
 DEFAULT_PART_COST_TOKENS = 96
+_REFERENCE_WIDTH = 384
+
+
+def part_cost_for_width(hidden_size: int) -> int:
+    """The fixed cost of a sub-batch in tokens for a model of this width.
+
+    The host cost of a forward grows with the number of layers, the cost of a token with
+    layers x width^2, so in tokens the fixed cost scales as 1 / width^2: about 24 tokens for
+    BERT-base (768), 96 for MiniLM (384), and thousands for a toy width-32 model, where
+    splitting the batch would cost more than the padding it saves.
+    """
+    return max(1, round(DEFAULT_PART_COST_TOKENS * (_REFERENCE_WIDTH / max(hidden_size, 1)) ** 2))
 
 
 def plan_length_subbatches(lengths: Sequence[int] | np.ndarray | torch.Tensor, max_parts: int,
@@ -136,5 +148,5 @@ def forward_length_subbatched(
     return torch.cat(parts).index_select(0, inverse)
 
 
-__all__ = ["DEFAULT_PART_COST_TOKENS", "forward_length_subbatched", "plan_length_subbatches",
-           "right_padded_lengths"]
+__all__ = ["DEFAULT_PART_COST_TOKENS", "forward_length_subbatched", "part_cost_for_width",
+           "plan_length_subbatches", "right_padded_lengths"]
