@@ -98,7 +98,9 @@ class TrainConfig:
     seed: int = 42
     skip_nonfinite: bool = False
     # --- training-step speed (issue #17; same maths, see docs/training_speed.md)
-    length_subbatches: int = 4  # train forward as up to N length-sorted sub-batches; 1: one
+    # train forward as up to N length-sorted sub-batches; 1 (default): one padded batch. Off
+    # until a quiet machine shows a gain: on the loaded one, 4 was slower (docs/training_speed.md)
+    length_subbatches: int = 1
     compile: bool = False  # torch.compile the backbone (did not pay on CPU when measured)
     # --- evaluation, early stopping
     eval_steps: int = 125
