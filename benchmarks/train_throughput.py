@@ -456,6 +456,14 @@ def markdown(payload: dict[str, Any]) -> str:
          f"{min(payload['mm_gflops']):.0f}-{max(payload['mm_gflops']):.0f} GFLOP/s (median "
          f"{statistics.median(payload['mm_gflops']):.0f})."),
     ]
+    cores = (payload.get("machine") or {}).get("cores") or os.cpu_count() or 1
+    quiet = max(payload["loadavg_before"][0], payload["loadavg_after"][0]) <= 0.5 * cores
+
+    def verdict(ok: bool) -> str:
+        if not quiet:
+            return "not judged: the machine was not quiet"
+        return "met" if ok else "NOT met"
+
     for prec in p["precisions"]:
         t = payload["targets"][prec]
         lines += [
@@ -492,7 +500,7 @@ def markdown(payload: dict[str, Any]) -> str:
              f"**{t['speedup_median_of_rounds']:.2f}x** median of per-round ratios "
              f"({', '.join(f'{x:.2f}' for x in t['speedup_rounds'])}), "
              f"{t['speedup_of_medians']:.2f}x ratio of median step times (target >= "
-             f"{SPEED_TARGET}x on both: {'met' if t['speedup_met'] else 'NOT met'} in this run)."),
+             f"{SPEED_TARGET}x on both: {verdict(t['speedup_met'])} in this run)."),
         ]
         if "clusterns" in t:
             c = t["clusterns"]
@@ -501,7 +509,7 @@ def markdown(payload: dict[str, Any]) -> str:
                 f"**{c['step_overhead_median_of_rounds']:+.1%}** median of rounds "
                 f"({', '.join(f'{x:+.1%}' for x in c['step_overhead_rounds'])}), "
                 f"{c['step_overhead_of_medians']:+.1%} of medians (target <= "
-                f"{CLUSTERNS_TARGET:.0%}: {'met' if c['met'] else 'NOT met'} in this run); its "
+                f"{CLUSTERNS_TARGET:.0%}: {verdict(c['met'])} in this run); its "
                 f"objective alone, timed in isolation: {c.get('objective_overhead', 0):+.2%} "
                 f"of a SimCSE step.")
     lines += ["", "Rounds (what the machine was doing just before each run):", "",
@@ -652,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = judge(runs, summary, precisions, configs)
     for prec in precisions:
         t = targets[prec]
-        print(f"[{prec}] csekit SimCSE / sentence-transformers MNRL: "
+        print(f"[{prec}] (load {load_before[0]} / {load_after[0]}) "
+              f"csekit SimCSE / sentence-transformers MNRL: "
               f"{t['speedup_median_of_rounds']:.2f}x median of rounds, "
               f"{t['speedup_of_medians']:.2f}x of medians (target >= {SPEED_TARGET}x)")
         if "clusterns" in t:
