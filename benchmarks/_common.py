@@ -54,6 +54,23 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def quick_gflops() -> float:
+    """fp32 matrix-product rate right now (a 2048x384 @ 384x1536 product, best of 10)."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(2048, 384), torch.randn(384, 1536)
+    best = float("inf")
+    with torch.inference_mode():
+        torch.mm(a, b)
+        for _ in range(10):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
+    return 2 * 2048 * 384 * 1536 / best / 1e9
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks._common import cpu_model  # noqa: E402
+from benchmarks._common import cpu_model, quick_gflops  # noqa: E402
 
 
 def versions() -> dict[str, str]:
@@ -88,21 +88,6 @@ def end_to_end(model: str, data_dir: Path, backend: str = "auto") -> dict:
         res = json.loads(out.read_text())
     return {"seconds": secs, "avg": res["avg"], "spearman": res["spearman"],
             "command": " ".join(cmd[1:])}
-
-
-def quick_gflops() -> float:
-    """fp32 matrix-product rate right now (a 2048x384 @ 384x1536 product, best of 10)."""
-    import torch
-
-    a, b = torch.randn(2048, 384), torch.randn(384, 1536)
-    best = float("inf")
-    with torch.inference_mode():
-        torch.mm(a, b)
-        for _ in range(10):
-            t = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t)
-    return 2 * 2048 * 384 * 1536 / best / 1e9
 
 
 def startup_and_load(model: str, backend: str) -> float:

@@ -44,12 +44,20 @@ def _spec(model: Path, sample: Path, config: str, tmp: Path) -> dict:
             "config": config, "workdir": str(tmp)}
 
 
-@pytest.mark.parametrize("config", ["simcse", "clusterns-focal"])
+@pytest.mark.parametrize("config", ["simcse", "clusterns-focal", "simcse-subbatch"])
 def test_csekit_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp_path: Path,
                                           config: str) -> None:
     out = _bench().run_csekit(_spec(tiny_bert_dir, sample, config, tmp_path))
     assert len(out["step_times"]) == 2 and all(t > 0 for t in out["step_times"])
+    assert out["step_s"] == pytest.approx(sum(out["step_times"]) / 2)  # (t(3) - t(1)) / 2
     assert len(out["pad_lens"]) == 3 and all(2 <= n <= 16 for n in out["pad_lens"])
+    # the forwards actually run: all 2B rows, none wider than the batch, no more than planned
+    for groups, width, real in zip(out["groups"], out["pad_lens"], out["real_tokens"],
+                                   strict=True):
+        assert sum(r for r, _ in groups) == 8 and max(n for _, n in groups) == width
+        assert real <= sum(r * n for r, n in groups) <= 8 * width
+    assert out["length_subbatches"] == (4 if config == "simcse-subbatch" else 1)
+    assert len(out["losses"]) == 3
     assert out["clustering_started"] is True
     assert out["objective_ms"] > 0 and out["peak_rss_mb"] >= 1
     assert out["fused_adamw"] is True  # the Trainer's own optimiser, as the peer's
@@ -60,6 +68,7 @@ def test_st_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp_pat
     out = _bench().run_st(_spec(tiny_bert_dir, sample, "st-mnrl", tmp_path))
     assert len(out["step_times"]) == 2 and all(t > 0 for t in out["step_times"])
     assert len(out["pad_lens"]) == 3 and all(2 <= n <= 16 for n in out["pad_lens"])
+    assert all([r for r, _ in g] == [4, 4] for g in out["groups"])  # two forwards of B rows
 
 
 def test_step_flops_bert_base() -> None:
@@ -71,6 +80,27 @@ def test_step_flops_bert_base() -> None:
     dense = 6 * 12 * 7_087_872 * (2 * b * length)
     attention = 12 * 768 * sum(4 * length * length * 3 for _ in range(2 * b))  # per layer loop
     assert bench.step_flops(shape, b, length) == pytest.approx(dense + attention, rel=1e-12)
+    # groups: the sum over the forwards actually run
+    g = [(100, 20), (28, 32)]
+    want = (6 * 12 * 7_087_872 * (100 * 20 + 28 * 32)
+            + 12 * 768 * 12 * (100 * 20**2 + 28 * 32**2))
+    assert bench.group_flops(shape, g) == pytest.approx(want, rel=1e-12)
+
+
+def test_judge_on_medians() -> None:
+    bench = _bench()
+    runs = {"st-mnrl@fp32": [{"step_s": 3.0}, {"step_s": 2.0}, {"step_s": 3.3}],
+            "simcse@fp32": [{"step_s": 2.0}, {"step_s": 1.0}, {"step_s": 2.0}],
+            "clusterns@fp32": [{"step_s": 2.02}, {"step_s": 1.1}, {"step_s": 2.04}]}
+    summary = {k: {"step_s_median": sorted(r["step_s"] for r in v)[1]} for k, v in runs.items()}
+    t = bench.judge(runs, summary, ["fp32"], ["st-mnrl", "simcse", "clusterns"])["fp32"]
+    assert t["speedup_rounds"] == pytest.approx([1.5, 2.0, 1.65])
+    assert t["speedup_median_of_rounds"] == pytest.approx(1.65)
+    assert t["speedup_of_medians"] == pytest.approx(3.0 / 2.0)
+    assert t["speedup_met"] is True
+    c = t["clusterns"]
+    assert c["step_overhead_median_of_rounds"] == pytest.approx(0.02)
+    assert c["met"] is True
 
 
 def test_model_shape_counts_the_encoder_layers(tiny_bert_dir: Path) -> None:

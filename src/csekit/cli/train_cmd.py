@@ -83,6 +83,9 @@ HELP: dict[str, str] = {
     "max_steps": "optimiser steps (overrides --epochs)",
     "seed": "random seed (published: 42)",
     "skip_nonfinite": "skip updates whose loss is NaN/inf instead of stopping",
+    "length_subbatches": "run each training forward as up to N length-sorted sub-batches, "
+                         "each padded to its own longest sentence (same maths); 1: one padded batch",
+    "compile": "torch.compile the backbone for training",
     "eval_steps": "evaluate STS-B dev every N steps (published: 125)",
     "eval_batch_size": "batch size of evaluation encoding",
     "patience": "early stopping after N evaluations without improvement (ClusterNS: 3)",

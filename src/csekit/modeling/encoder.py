@@ -31,6 +31,7 @@ from csekit.modeling.model_card import CARD_FILE, build_model_card
 from csekit.modeling.pooling import HIDDEN_STATE_POOLERS, MLP_MODES, POOLERS, MLPHead, pool_tokens
 from csekit.modeling.resolve import check_transformer_dir, resolve_model_dir
 from csekit.modeling.st_format import read_st_modules, write_st_modules
+from csekit.modeling.subbatch import forward_length_subbatched, part_cost_for_width
 from csekit.precision import autocast_context
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,16 @@ class Encoder(nn.Module):
         if pooler in HIDDEN_STATE_POOLERS and int(backbone.config.num_hidden_layers) < 2:
             raise ConfigError(f"pooler {pooler!r} needs a backbone with at least 2 layers")
         self.max_seq_len = int(max_seq_len) if max_seq_len else self._model_max_len()
+        # Train-mode forward in up to this many length-sorted sub-batches (1: one batch); the
+        # Trainer sets it from TrainConfig.length_subbatches.
+        self.length_subbatches = 1
+        self.subbatch_part_cost = part_cost_for_width(hidden)  # tokens per extra sub-batch
+        # The backbone's own pooler (BERT's Linear+Tanh) when no forward uses it: kept out of
+        # the module tree (not run, not a parameter, so no unused parameter under DDP) and put
+        # back for saving, so a saved folder keeps the checkpoint's pooler weights.
+        self._spare_pooler: tuple[nn.Module, ...] = ()
+        if backend == "hf" and not (pooler == "cls" and self.head is None):
+            self._detach_backbone_pooler()
         try:
             params = inspect.signature(backbone.forward).parameters
             self._takes_token_types = "token_type_ids" in params or any(
@@ -167,6 +178,36 @@ class Encoder(nn.Module):
         """Whether eval-mode embeddings go through a Linear+Tanh head (csekit's or the backbone's)."""
         return self.mlp == "always" or (self.pooler == "cls" and self.mlp == "none")
 
+    def _detach_backbone_pooler(self) -> None:
+        bp = getattr(self.backbone, "pooler", None)
+        if not isinstance(bp, nn.Module):
+            return
+        try:  # models built with add_pooling_layer=False run without one (BERT, RoBERTa, ...)
+            optional = "add_pooling_layer" in inspect.signature(type(self.backbone).__init__).parameters
+        except (TypeError, ValueError):  # pragma: no cover - exotic model class
+            optional = False
+        if optional:
+            self._spare_pooler = (bp,)
+            self.backbone.pooler = None
+
+    def _attach_backbone_pooler(self) -> None:
+        if self._spare_pooler and getattr(self.backbone, "pooler", None) is None:
+            p = next(self.backbone.parameters())
+            self.backbone.pooler = self._spare_pooler[0].to(device=p.device, dtype=p.dtype)
+            self._spare_pooler = ()
+
+    @contextlib.contextmanager
+    def _pooler_for_saving(self) -> Iterator[None]:
+        """The backbone with its pooler weights in place (if they were detached)."""
+        if not self._spare_pooler:
+            yield
+            return
+        self.backbone.pooler = self._spare_pooler[0]
+        try:
+            yield
+        finally:
+            self.backbone.pooler = None
+
     def _model_max_len(self) -> int:
         tok_max = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
         pos_max = int(getattr(self.backbone.config, "max_position_embeddings", 0) or 0)
@@ -194,12 +235,34 @@ class Encoder(nn.Module):
         pooling (``eval_pooler``) [+ head when ``mlp`` is always, or the backbone pooler for
         ``cls`` without a csekit head].
 
+        In train mode with ``length_subbatches`` > 1 the rows run as up to that many
+        length-sorted sub-batches, each padded to its own longest row, and come back in input
+        order (:mod:`csekit.modeling.subbatch`; the same maths, less padding).
+
         Shape: input_ids, attention_mask, token_type_ids (B, L) -> (B, H).
         """
+        if self.training and self.length_subbatches > 1:
+            return forward_length_subbatched(self._forward_rows, input_ids, attention_mask,
+                                             token_type_ids, max_parts=self.length_subbatches,
+                                             part_cost_tokens=self.subbatch_part_cost)
+        return self._forward_rows(input_ids, attention_mask, token_type_ids)
+
+    def _forward_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      token_type_ids: torch.Tensor | None = None, *,
+                      padded: bool = True) -> torch.Tensor:
+        """``forward`` on one padded batch; ``padded=False``: no row is padded (no mask needed).
+
+        Shape: (B, L) each -> (B, H).
+        """
         need_hidden = self.pooler in HIDDEN_STATE_POOLERS
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        # Without padding the backbone needs no mask (transformers drops an all-ones mask
+        # itself, after a check of every entry; this skips the check).
+        kwargs: dict[str, Any] = {"input_ids": input_ids,
+                                  "attention_mask": attention_mask if padded else None}
         if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
+        if self.pooler == "cls" and self.head is None:
+            self._attach_backbone_pooler()
         out = self.backbone(**kwargs, output_hidden_states=need_hidden, return_dict=True)
         if self.pooler == "cls" and self.head is None:
             return out.pooler_output
@@ -309,7 +372,8 @@ class Encoder(nn.Module):
         versions = library_versions()
         backbone = self.backbone
         with atomic_dir(path) as tmp, _quiet_transformers():
-            backbone.save_pretrained(tmp, safe_serialization=True)
+            with self._pooler_for_saving():
+                backbone.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             head_state: dict[str, torch.Tensor] | None = None
             if self.head is not None:

@@ -106,6 +106,11 @@ class TrainConfig:
     max_steps: int | None = None  # overrides epochs when set
     seed: int = 42
     skip_nonfinite: bool = False
+    # --- training-step speed (issue #17; same maths, see docs/training_speed.md)
+    # train forward as up to N length-sorted sub-batches; 1 (default): one padded batch. Off
+    # until a quiet machine shows a gain: on the loaded one, 4 was slower (docs/training_speed.md)
+    length_subbatches: int = 1
+    compile: bool = False  # torch.compile the backbone (did not pay on CPU when measured)
     # --- evaluation, early stopping
     eval_steps: int = 125
     eval_batch_size: int = 128
@@ -245,7 +250,7 @@ class TrainConfig:
             raise ConfigError("no training corpus: give --train-file FILE (one sentence a line, "
                               "or a .csv/.tsv/.jsonl/.parquet of NLI pairs or triplets)")
         for name in ("batch_size", "max_seq_len", "eval_steps", "grad_accum_steps", "epochs",
-                     "logging_steps", "eval_batch_size"):
+                     "logging_steps", "eval_batch_size", "length_subbatches"):
             _positive(name, getattr(cfg, name))
         if cfg.max_steps is not None:
             _positive("max_steps", cfg.max_steps)

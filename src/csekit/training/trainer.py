@@ -58,6 +58,7 @@ from csekit.training.model_io import BestModelKeeper, recover_best
 from csekit.training.prefetch import Prefetcher, pin, to_device
 from csekit.training.rng import get_rng_state, seed_dropout, seed_everything, set_rng_state
 from csekit.training.signals import StopSignal
+from csekit.training.speed import configure_training_forward
 from csekit.training.supervised import record_mode, tokenize_batch, views
 
 logger = logging.getLogger(__name__)
@@ -101,11 +102,13 @@ class Trainer:
         self.config = config = config.resolved()
         if config.precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+        # find_unused_parameters is decided in _build, before prepare() reads it (speed.py)
+        self._ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=False)
         kwargs = dict(
             mixed_precision=_MIXED[config.precision],
             # Without a GPU, cpu=True lets Accelerate build a gloo group from torchrun's env.
             cpu=not torch.cuda.is_available(),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            kwargs_handlers=[self._ddp_kwargs],
         )
         try:
             self.accelerator = Accelerator(**kwargs)
@@ -180,6 +183,8 @@ class Trainer:
         self.encoder = Encoder.from_pretrained(cfg.model, pooler=cfg.pooler, mlp=cfg.mlp,
                                                dropout=cfg.dropout,
                                                trust_remote_code=cfg.trust_remote_code)
+        configure_training_forward(self.encoder, cfg, ddp_kwargs=self._ddp_kwargs,
+                                   world_size=self.world)
         self.objective.to(self.accelerator.device)
         if cfg.max_steps is not None:
             self.total_steps = cfg.max_steps

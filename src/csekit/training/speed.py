@@ -1,0 +1,77 @@
+"""Training-step speed settings that keep the maths (issue #17): one call from the Trainer.
+
+- **Length-sorted sub-batches** (``TrainConfig.length_subbatches``): the encoder's train-mode
+  forward runs the 2B rows as a few groups of similar length (:mod:`csekit.modeling.subbatch`).
+- **find_unused_parameters** only when a parameter really is unused: DDP with
+  ``find_unused_parameters=True`` walks the autograd graph every step. The encoder no longer
+  holds the backbone's pooler when no forward uses it, so normally every trainable parameter
+  gets a gradient; :func:`unused_parameters` checks that with one tiny forward + backward in
+  train mode (under a forked RNG, so the run's dropout masks are not shifted), and only a
+  model with parameters left without a gradient turns the walk on. Under one process it is
+  not needed (no DDP) and the probe is skipped.
+- ``torch.compile`` of the backbone (``TrainConfig.compile``), in place (``Module.compile``),
+  so that parameter names, checkpoints and saved folders are unchanged. Off by default: on
+  the 2-core CPU it did not pay (see ``docs/training_speed.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+_PROBE = ["a short probe sentence .", "another one"]
+
+
+def unused_parameters(encoder: nn.Module) -> list[str]:
+    """Names of trainable parameters that get no gradient from a train-mode forward.
+
+    One forward + backward of two short sentences in train mode (the mode training runs in),
+    with the global RNG states forked so that the run's random stream is untouched; gradients
+    are cleared afterwards.
+    """
+    tok = encoder.tokenizer
+    batch = dict(tok(_PROBE, padding=True, truncation=True, max_length=16, return_tensors="pt"))
+    device = next(encoder.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items()
+              if k in ("input_ids", "attention_mask", "token_type_ids")}
+    was_training = encoder.training
+    devices = [device] if device.type == "cuda" else []
+    encoder.zero_grad(set_to_none=True)
+    try:
+        with torch.random.fork_rng(devices=devices):
+            encoder.train()
+            encoder(**inputs).float().sum().backward()
+        return [n for n, p in encoder.named_parameters() if p.requires_grad and p.grad is None]
+    finally:
+        encoder.zero_grad(set_to_none=True)
+        encoder.train(was_training)
+
+
+def configure_training_forward(encoder: Any, config: Any, *, ddp_kwargs: Any,
+                               world_size: int) -> None:
+    """Apply the speed settings of ``config`` to ``encoder`` before Accelerate prepares it.
+
+    Sets ``encoder.length_subbatches``; sets ``ddp_kwargs.find_unused_parameters`` (the
+    ``DistributedDataParallelKwargs`` handed to the Accelerator, read when it wraps the model)
+    from :func:`unused_parameters` when ``world_size`` > 1; compiles the backbone in place when
+    ``config.compile``.
+    """
+    encoder.length_subbatches = int(config.length_subbatches)
+    if world_size > 1:
+        unused = unused_parameters(encoder)
+        ddp_kwargs.find_unused_parameters = bool(unused)
+        if unused:
+            logger.info("DDP: %d parameter(s) get no gradient (%s%s): find_unused_parameters on",
+                        len(unused), ", ".join(unused[:3]), ", ..." if len(unused) > 3 else "")
+    if config.compile:
+        # dynamic shapes: each sub-batch has its own padded length
+        encoder.backbone.compile(dynamic=True)
+        logger.info("torch.compile: backbone compiled (dynamic shapes)")
+
+
+__all__ = ["configure_training_forward", "unused_parameters"]
