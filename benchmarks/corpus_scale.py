@@ -168,6 +168,7 @@ def main() -> int:
                          "(memory behaviour only; much faster on CPU)")
     ap.add_argument("--encode-max-seq-len", type=int, default=32)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--encode-only", action="store_true", help="skip the corpus measurements")
     args = ap.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,7 @@ def main() -> int:
                                "note": "shared, loaded machine (2 cores, several engineers); "
                                        "times are indicative, memory is what the goals are about",
                                "model": args.model, "corpora": [], "encode": []}
-    for n in [BASELINE, *args.sizes]:
+    for n in [] if args.encode_only else [BASELINE, *args.sizes]:
         path = make_corpus(src, work / f"corpus-{n}.txt", n)
         row = measure_corpus(path, n, work, args.model, env)
         print(json.dumps(row), flush=True)
@@ -195,7 +196,7 @@ def main() -> int:
         print(json.dumps(row), flush=True)
         results["encode"].append(row)
     results["loadavg_after"] = os.getloadavg()
-    base = results["corpora"][0]
+    base = results["corpora"][0] if results["corpora"] else {}
     goals = {}
     for row in results["corpora"][1:]:
         goals[str(row["lines"])] = {
@@ -237,6 +238,8 @@ def to_markdown(r: dict[str, Any]) -> str:
                      f"{c['second_start_s']} | {c['train_warm_wall_s']} / "
                      f"{c['train_warm_peak_rss_mb']} | {c['train_cold_wall_s']} / "
                      f"{c['train_cold_peak_rss_mb']} |")
+    if not r["corpora"]:
+        lines = lines[:5]
     if r["encode"]:
         lines += ["", (f"Encode (`csekit encode --chunk-size 8192 --max-seq-len 32`, model "
                        f"`{r['encode_model']}`):"), "",

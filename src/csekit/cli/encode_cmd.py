@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from csekit.cli.eval_cmd import default_device
+    from csekit.data.memory import trim_heap
     from csekit.data.stream import RowStream
     from csekit.modeling.encoder import Encoder
 
@@ -128,6 +129,12 @@ def run(args: argparse.Namespace) -> int:
                                                shape=(total, emb.shape[1]))
             mm[n:n + len(chunk)] = emb.numpy()
             n += len(chunk)
+            # Written pages of a mapping stay resident (and in RSS) until unmapped: flush and
+            # re-map after every chunk so memory is bounded by one chunk, not the output size.
+            mm.flush()
+            del mm, emb
+            mm = np.lib.format.open_memmap(tmp, mode="r+")
+            trim_heap()
             bar.update(len(chunk))
         bar.close()
         if mm is None:
