@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from csekit.cli.eval_cmd import add_backend_arg
+    from csekit.cli.eval_cmd import add_backend_arg, add_template_arg
     from csekit.modeling.pooling import POOLERS
     from csekit.precision import PRECISIONS
 
@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     p.add_argument("--trust-remote-code", action="store_true")
     add_backend_arg(p)
+    add_template_arg(p)
     p.set_defaults(func=run)
 
 
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     device = default_device(args.device)
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
                                   trust_remote_code=args.trust_remote_code,
-                                  backend=args.backend)
+                                  backend=args.backend,
+                                  templates=[args.template] if args.template else None)
     emb = enc.encode(sentences, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                      device=device, precision=args.precision,
                      normalize=True if args.normalize else None, show_progress=True)

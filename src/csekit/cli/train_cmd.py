@@ -27,6 +27,7 @@ from csekit.training.config import (
     PRECISIONS,
     TrainConfig,
 )
+from csekit.modeling.prompt import POSITION_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,15 @@ HELP: dict[str, str] = {
     "pooler": "training pooler (with --mlp train, evaluation uses cls_before_pooler)",
     "mlp": "MLP head: train (SimCSE mlp_only_train), always, none",
     "dropout": "override the backbone's dropout (default: its own, 0.1 for BERT)",
+    "prompt_template": "prompt pooler T1 (view 1 and evaluation), with [X] and [MASK]; default: "
+                       "PromptBERT's for the model family",
+    "prompt_template2": "prompt pooler T2 (the other views); default: PromptBERT's",
+    "prompt_denoise": "prompt: subtract the template-only mask state in training (PromptBERT)",
+    "prompt_denoise_grad": "prompt: gradient through the template states (PromptBERT: on)",
+    "prompt_positions": "prompt: template-state position ids, model numbering or PromptBERT's "
+                        "0-based reference ids (differ for RoBERTa only)",
+    "prompt_eval_denoise": "prompt: denoise at evaluation too (PromptBERT unsup: off)",
+    "prompt_eval_period": "prompt: evaluation appends '.' unless the sentence ends in .?\"'",
     "trust_remote_code": "allow custom model code from the hub (off by default)",
     "max_seq_len": "truncation in training, tokens (published: 32)",
     "temperature": "softmax temperature T (published: 0.05)",
@@ -84,6 +94,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective": OBJECTIVES, "pooler": POOLERS, "mlp": MLP_MODES, "precision": PRECISIONS,
     "centroid_update": CENTROID_UPDATES, "on_bad_line": ON_BAD_LINE,
     "bml_reduction": BML_REDUCTIONS, "cluster_init": CLUSTER_INITS,
+    "prompt_positions": POSITION_MODES,
 }
 SKIP = {"extra"}
 

@@ -157,7 +157,8 @@ class Trainer:
         self.objective = build_objective(cfg.objective, **cfg.objective_hparams())
         self.encoder = Encoder.from_pretrained(cfg.model, pooler=cfg.pooler, mlp=cfg.mlp,
                                                dropout=cfg.dropout,
-                                               trust_remote_code=cfg.trust_remote_code)
+                                               trust_remote_code=cfg.trust_remote_code,
+                                               prompt=cfg.prompt_config())
         self.objective.to(self.accelerator.device)
         if cfg.max_steps is not None:
             self.total_steps = cfg.max_steps
@@ -214,7 +215,9 @@ class Trainer:
     def _local_inputs(self, batch: list[str]) -> dict[str, torch.Tensor]:
         b = self.config.batch_size // self.world
         local = batch[self.rank * b:(self.rank + 1) * b]
-        enc = tokenize_pairs(self.encoder.tokenizer, local, self.config.max_seq_len)
+        # (prompt pooler: the per-view templates, T1 for view 1 and T2 for view 2)
+        enc = tokenize_pairs(self.encoder.tokenizer, local, self.config.max_seq_len,
+                             prompt=self.encoder.prompt)
         dev = self.accelerator.device
         return {k: v.to(dev) for k, v in enc.items()}
 
