@@ -374,7 +374,8 @@ class Encoder(nn.Module):
                 tmp, eval_pooler="cls_before_pooler" if self.eval_pooler == "cls" else self.eval_pooler,
                 hidden_size=self.hidden_size,
                 num_layers=int(backbone.config.num_hidden_layers), max_seq_len=self.max_seq_len,
-                head_state=eval_head, versions=versions, normalize=self.normalize)
+                head_state=eval_head, versions=versions, normalize=self.normalize,
+                prompt=self.prompt.st_config(self.max_seq_len) if self.prompt is not None else None)
             meta = {
                 "format_version": FORMAT_VERSION,
                 "pooler": self.pooler,

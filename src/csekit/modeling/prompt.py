@@ -297,6 +297,17 @@ class PromptPooling:
         views = [self.view_template(v) for _ in sentences for v in (0, 1)]
         return self.batch(doubled, max_seq_len, templates=views, period=False)
 
+    def st_config(self, max_seq_len: int | None) -> dict[str, Any]:
+        """T1 as token ids for the sentence-transformers module (csekit_prompt.json)."""
+        b = self.bound[0]
+        pad = self.tokenizer.pad_token_id
+        return {"template": b.text, "head": b.head, "prefix": b.prefix, "suffix": b.suffix,
+                "tail": b.tail, "empty_ids": b.empty_ids(), "slot_start": b.slot_start,
+                "mask_from_end": b.mask_from_end, "mask_offset": b.mask_offset,
+                "sentence_space": b.sentence_space, "add_period": self.config.eval_period,
+                "budget": self.budget(0, max_seq_len), "pad_token_id": int(pad or 0),
+                "denoise": self.config.eval_denoise, "position_offset": self.position_offset}
+
     # ------------------------------------------------------------------ pooling
     def _table(self, device: torch.device) -> dict[str, torch.Tensor]:
         if device not in self._tables:
