@@ -329,3 +329,36 @@ def test_csekit_eval_reproduces_promptbert_evaluation(model: str, bert_mini_dir:
     assert r["n_pairs_reference"] == r["n_pairs_csekit"]
     for task, diff in r["abs_diff"].items():
         assert diff <= 0.01, (task, r["reference"][task], r["csekit"][task])
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_eval_and_encode_with_prompt(tiny_bert_dir: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    from csekit.cli.main import main
+    from csekit.evaluation import evaluate_sts
+    from test_eval import _tiny_senteval
+
+    root = _tiny_senteval(tmp_path / "data")
+    out = tmp_path / "res.json"
+    t2 = 'This sentence : "[X]" means[MASK].'
+    rc = main(["eval", str(tiny_bert_dir), "--data-dir", str(root), "--pooler", "prompt",
+               "--template", t2, "--tasks", "STS12", "--output", str(out), "--device", "cpu"])
+    assert rc == 0
+    enc = Encoder.from_pretrained(tiny_bert_dir, pooler="prompt", templates=[t2])
+    ref = evaluate_sts(lambda s: enc.encode(s), root, tasks=["STS12"])
+    assert json.loads(out.read_text())["spearman"] == pytest.approx(ref.spearman, abs=1e-6)
+    assert t2 in capsys.readouterr().out
+    sents = tmp_path / "s.txt"
+    sents.write_text("a b\nc d e\n", encoding="utf-8")
+    assert main(["encode", str(tiny_bert_dir), "--pooler", "prompt", "--input", str(sents),
+                 "--output", str(tmp_path / "e.npy"), "--device", "cpu"]) == 0
+    default = Encoder.from_pretrained(tiny_bert_dir, pooler="prompt").encode(["a b", "c d e"])
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), default.numpy(), rtol=0, atol=1e-6)
+    capsys.readouterr()
+    for argv in (["--pooler", "prompt", "--template", "no slot [MASK]"],
+                 ["--pooler", "avg", "--template", "[X] [MASK]"]):
+        assert main(["eval", str(tiny_bert_dir), "--data-dir", str(root), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("csekit: error:") and err.count("\n") == 1, err
