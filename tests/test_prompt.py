@@ -335,10 +335,10 @@ def test_csekit_eval_reproduces_promptbert_evaluation(model: str, bert_mini_dir:
 def test_cli_eval_and_encode_with_prompt(tiny_bert_dir: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
     import numpy as np
+    from test_eval import _tiny_senteval
 
     from csekit.cli.main import main
     from csekit.evaluation import evaluate_sts
-    from test_eval import _tiny_senteval
 
     root = _tiny_senteval(tmp_path / "data")
     out = tmp_path / "res.json"

@@ -15,7 +15,7 @@ from csekit.modeling.encoder import Encoder
 from csekit.modeling.prompt import PromptConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_prompt import SENTS, sts_sentences, tiny_roberta_dirs  # noqa: E402,F401
+from test_prompt import SENTS, sts_sentences, tiny_roberta_dirs  # noqa: F401
 
 st = pytest.importorskip("sentence_transformers")
 

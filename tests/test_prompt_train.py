@@ -17,8 +17,8 @@ from csekit.modeling.encoder import Encoder
 from csekit.training import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_distributed_train import _free_port, _losses  # noqa: E402
-from test_train import make_corpus  # noqa: E402
+from test_distributed_train import _free_port, _losses
+from test_train import make_corpus
 
 OBJECTIVES = ["simcse", "focal", "clusterns", "clusterns-focal"]
 

@@ -15,6 +15,7 @@ import os
 import typing
 from typing import Any
 
+from csekit.modeling.prompt import POSITION_MODES
 from csekit.training.config import (
     BML_REDUCTIONS,
     CENTROID_UPDATES,
@@ -27,7 +28,6 @@ from csekit.training.config import (
     PRECISIONS,
     TrainConfig,
 )
-from csekit.modeling.prompt import POSITION_MODES
 
 logger = logging.getLogger(__name__)
 
