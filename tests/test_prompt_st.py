@@ -34,6 +34,8 @@ def _roundtrip(enc: Encoder, path: Path, sents: list[str]) -> None:
     again = Encoder.from_pretrained(path)  # and csekit reads its own folder back
     assert again.prompt is not None and again.prompt.templates == enc.prompt.templates
     torch.testing.assert_close(again.encode(sents), ours, rtol=0, atol=1e-6)
+    native = Encoder.from_pretrained(path, backend="auto")  # what `csekit eval` loads
+    torch.testing.assert_close(native.encode(sents), ours, rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("mlp,eval_denoise", [("train", False), ("always", False),
