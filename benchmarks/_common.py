@@ -40,6 +40,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_avg_1_5_15": os.getloadavg(),  # the machine is shared: how loaded it was
     }
     versions = {}
     for name in ("torch", "transformers", "accelerate", "sentence_transformers", "numpy", "scipy"):

@@ -22,7 +22,7 @@ _COPY_ROWS = 1 << 16
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from csekit.cli.eval_cmd import add_backend_arg
+    from csekit.cli.eval_cmd import add_backend_arg, add_template_arg
     from csekit.data.tabular import ON_BAD_LINE
     from csekit.modeling.pooling import POOLERS
     from csekit.precision import PRECISIONS
@@ -53,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     p.add_argument("--trust-remote-code", action="store_true")
     add_backend_arg(p)
+    add_template_arg(p)
     p.set_defaults(func=run)
 
 
@@ -111,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     device = default_device(args.device)
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
                                   trust_remote_code=args.trust_remote_code,
-                                  backend=args.backend, device=device)
+                                  backend=args.backend, device=device,
+                                  templates=[args.template] if args.template else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npy")

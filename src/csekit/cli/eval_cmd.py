@@ -41,7 +41,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow custom model code from the hub (off by default)")
     add_backend_arg(p)
+    add_template_arg(p)
     p.set_defaults(func=run)
+
+
+def add_template_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--template", default=None, metavar="T",
+                   help="with --pooler prompt: the template, with [X] for the sentence and "
+                        "[MASK] for the mask, e.g. 'This sentence of \"[X]\" means[MASK].' "
+                        "(default: the saved one, else PromptBERT's T1 for the model family)")
 
 
 def add_backend_arg(p: argparse.ArgumentParser) -> None:
@@ -83,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     resolve_data_dir(args.data_dir)
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
                                   trust_remote_code=args.trust_remote_code,
-                                  backend=args.backend, device=device)
+                                  backend=args.backend, device=device,
+                                  templates=[args.template] if args.template else None)
     enc.to(device)
 
     def encode(sentences: list[str]):
@@ -91,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
                           device=device, precision=args.precision, show_progress=True)
 
     pooler = enc.eval_pooler + ("+mlp" if enc.mlp == "always" and enc.pooler != "cls" else "")
+    if enc.prompt is not None:
+        pooler += f" ({enc.prompt.templates[0]})"
     res = evaluate_sts(encode, args.data_dir, tasks=tasks, split=args.split,
                        align_uniform=args.align_uniform, model=args.model, pooler=pooler)
     print(f"STS {args.split} (Spearman x 100), {args.model}, pooler {pooler}:")

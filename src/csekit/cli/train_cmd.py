@@ -16,6 +16,7 @@ import os
 import typing
 from typing import Any
 
+from csekit.modeling.prompt import POSITION_MODES
 from csekit.training.config import (
     BML_REDUCTIONS,
     CENTROID_UPDATES,
@@ -45,6 +46,15 @@ HELP: dict[str, str] = {
     "pooler": "training pooler (with --mlp train, evaluation uses cls_before_pooler)",
     "mlp": "MLP head: train (SimCSE mlp_only_train), always, none",
     "dropout": "override the backbone's dropout (default: its own, 0.1 for BERT)",
+    "prompt_template": "prompt pooler T1 (view 1 and evaluation), with [X] and [MASK]; default: "
+                       "PromptBERT's for the model family",
+    "prompt_template2": "prompt pooler T2 (the other views); default: PromptBERT's",
+    "prompt_denoise": "prompt: subtract the template-only mask state in training (PromptBERT)",
+    "prompt_denoise_grad": "prompt: gradient through the template states (PromptBERT: on)",
+    "prompt_positions": "prompt: template-state position ids, model numbering or PromptBERT's "
+                        "0-based reference ids (differ for RoBERTa only)",
+    "prompt_eval_denoise": "prompt: denoise at evaluation too (PromptBERT unsup: off)",
+    "prompt_eval_period": "prompt: evaluation appends '.' unless the sentence ends in .?\"'",
     "trust_remote_code": "allow custom model code from the hub (off by default)",
     "max_seq_len": "truncation in training, tokens (published: 32)",
     "temperature": "softmax temperature T (published: 0.05)",
@@ -107,6 +117,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "centroid_update": CENTROID_UPDATES, "on_bad_line": ON_BAD_LINE,
     "bml_reduction": BML_REDUCTIONS, "cluster_init": CLUSTER_INITS,
     "supervision": SUPERVISION_MODES,
+    "prompt_positions": POSITION_MODES,
 }
 SKIP = {"extra"}
 

@@ -18,8 +18,13 @@ import torch
 from csekit.errors import ConfigError
 
 
-def tokenize_pairs(tokenizer: Any, sentences: Sequence[str], max_seq_len: int = 32) -> dict[str, torch.Tensor]:
+def tokenize_pairs(tokenizer: Any, sentences: Sequence[str], max_seq_len: int = 32, *,
+                   prompt: Any = None) -> dict[str, torch.Tensor]:
     """Tokenise ``sentences`` once and repeat each row twice.
+
+    With ``prompt`` (the encoder's :class:`~csekit.modeling.prompt.PromptPooling`), row 2i is
+    sentence i in the view-1 template (T1) and row 2i+1 in the view-2 one (T2), and a
+    ``prompt_template`` (2B,) tensor says which; ``max_seq_len`` then counts sentence tokens.
 
     Padding is to the longest sentence of the batch, truncation to ``max_seq_len`` tokens
     (special tokens included). Returns ``input_ids``, ``attention_mask`` and, when the tokenizer
@@ -31,6 +36,8 @@ def tokenize_pairs(tokenizer: Any, sentences: Sequence[str], max_seq_len: int = 
         raise ConfigError(f"max_seq_len must be >= 2 (room for special tokens), got {max_seq_len}")
     if len(sentences) == 0:
         raise ConfigError("tokenize_pairs needs at least one sentence")
+    if prompt is not None:
+        return prompt.pairs(list(sentences), max_seq_len)
     enc = tokenizer(list(sentences), padding="longest", truncation=True, max_length=max_seq_len,
                     return_tensors="pt")
     return {k: v.repeat_interleave(2, dim=0) for k, v in enc.items()

@@ -9,6 +9,7 @@ gives the same embeddings as ``encode``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -29,6 +30,7 @@ from csekit.modeling.cpu_fastpath import fastpath_enabled, fused_cpu_linears
 from csekit.modeling.fast_encode import pad_batch, plan_batches, progress_bar
 from csekit.modeling.model_card import CARD_FILE, build_model_card
 from csekit.modeling.pooling import HIDDEN_STATE_POOLERS, MLP_MODES, POOLERS, MLPHead, pool_tokens
+from csekit.modeling.prompt import PromptConfig, PromptPooling
 from csekit.modeling.resolve import check_transformer_dir, resolve_model_dir
 from csekit.modeling.st_format import read_st_modules, write_st_modules
 from csekit.modeling.subbatch import forward_length_subbatched, part_cost_for_width
@@ -111,6 +113,7 @@ class Encoder(nn.Module):
         normalize: bool = False,
         backbone_pooler_trained: bool = True,
         backend: str = "hf",
+        prompt: PromptConfig | None = None,
     ) -> None:
         super().__init__()
         if backend not in ("hf", "native"):
@@ -150,6 +153,16 @@ class Encoder(nn.Module):
         self._spare_pooler: tuple[nn.Module, ...] = ()
         if backend == "hf" and not (pooler == "cls" and self.head is None):
             self._detach_backbone_pooler()
+        # --- prompt pooler (PromptBERT templates and denoising: csekit.modeling.prompt)
+        self.prompt: PromptPooling | None = None
+        if pooler == "prompt":
+            cfg = backbone.config
+            self.prompt = PromptPooling(
+                prompt or PromptConfig(), tokenizer, model_type=getattr(cfg, "model_type", None),
+                pad_token_id=getattr(cfg, "pad_token_id", None),
+                max_positions=int(getattr(cfg, "max_position_embeddings", 0) or 512))
+        elif prompt is not None and prompt != PromptConfig():
+            raise ConfigError("prompt templates / settings need --pooler prompt")
         try:
             params = inspect.signature(backbone.forward).parameters
             self._takes_token_types = "token_type_ids" in params or any(
@@ -219,7 +232,12 @@ class Encoder(nn.Module):
         """Tokenise with padding to the longest sentence and truncation.
 
         Shape: -> input_ids, attention_mask[, token_type_ids] each (B, L).
+        With the prompt pooler: input_ids, attention_mask (B, L), prompt_template (B,), each
+        sentence in T1 with the evaluation rules, ``max_seq_len`` counting sentence tokens.
         """
+        if self.prompt is not None:
+            return self.prompt.batch(list(sentences), max_seq_len, templates=[0] * len(sentences),
+                                     period=self.prompt.config.eval_period)
         return dict(self.tokenizer(list(sentences), padding=True, truncation=True,
                                    max_length=max_seq_len or self.max_seq_len, return_tensors="pt"))
 
@@ -228,6 +246,7 @@ class Encoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        prompt_template: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sentence embeddings.
 
@@ -237,19 +256,24 @@ class Encoder(nn.Module):
 
         In train mode with ``length_subbatches`` > 1 the rows run as up to that many
         length-sorted sub-batches, each padded to its own longest row, and come back in input
-        order (:mod:`csekit.modeling.subbatch`; the same maths, less padding).
+        order (:mod:`csekit.modeling.subbatch`; the same maths, less padding). The prompt
+        pooler always runs one batch (its template-only rows are built per batch).
+
+        ``prompt_template`` (B,): each row's template index for the prompt pooler (None: T1).
 
         Shape: input_ids, attention_mask, token_type_ids (B, L) -> (B, H).
         """
-        if self.training and self.length_subbatches > 1:
+        if self.training and self.length_subbatches > 1 and self.prompt is None:
             return forward_length_subbatched(self._forward_rows, input_ids, attention_mask,
                                              token_type_ids, max_parts=self.length_subbatches,
                                              part_cost_tokens=self.subbatch_part_cost)
-        return self._forward_rows(input_ids, attention_mask, token_type_ids)
+        return self._forward_rows(input_ids, attention_mask, token_type_ids,
+                                  prompt_template=prompt_template)
 
     def _forward_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       token_type_ids: torch.Tensor | None = None, *,
-                      padded: bool = True) -> torch.Tensor:
+                      padded: bool = True,
+                      prompt_template: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` on one padded batch; ``padded=False``: no row is padded (no mask needed).
 
         Shape: (B, L) each -> (B, H).
@@ -266,11 +290,28 @@ class Encoder(nn.Module):
         out = self.backbone(**kwargs, output_hidden_states=need_hidden, return_dict=True)
         if self.pooler == "cls" and self.head is None:
             return out.pooler_output
-        pooled = pool_tokens(self.pooler, out.last_hidden_state, attention_mask,
-                             out.hidden_states if need_hidden else None)
+        if self.prompt is not None:
+            pooled = self._prompt_pool(out.last_hidden_state, attention_mask, prompt_template)
+        else:
+            pooled = pool_tokens(self.pooler, out.last_hidden_state, attention_mask,
+                                 out.hidden_states if need_hidden else None)
         if self.head is not None and (self.mlp == "always" or (self.mlp == "train" and self.training)):
             pooled = self.head(pooled)
         return pooled
+
+    def _prompt_pool(self, last_hidden: torch.Tensor, attention_mask: torch.Tensor,
+                     prompt_template: torch.Tensor | None) -> torch.Tensor:
+        """Mask-token states [- template states]; see :mod:`csekit.modeling.prompt`."""
+        assert self.prompt is not None
+        cfg = self.prompt.config
+
+        def run(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            return self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                 return_dict=True).last_hidden_state
+
+        denoise = cfg.denoise if self.training else cfg.eval_denoise
+        return self.prompt.pool(last_hidden, attention_mask, prompt_template, denoise=denoise,
+                                run=run, grad=cfg.denoise_grad)
 
     # ------------------------------------------------------------------ encode
     def encode(
@@ -319,10 +360,15 @@ class Encoder(nn.Module):
 
         tok = self.tokenizer
         want_tt = "token_type_ids" in getattr(tok, "model_input_names", ())
-        encoded = tok(unique, truncation=True, max_length=max_seq_len, padding=False,
-                      return_attention_mask=False, return_token_type_ids=want_tt)
-        ids_list: list[list[int]] = encoded["input_ids"]
-        tt_list: list[list[int]] | None = encoded.get("token_type_ids") if want_tt else None
+        if self.prompt is not None:  # T1, evaluation rules; max_seq_len = sentence tokens
+            ids_list: list[list[int]] = self.prompt.encode_ids(
+                unique, max_seq_len, template=0, period=self.prompt.config.eval_period)
+            tt_list: list[list[int]] | None = None
+        else:
+            encoded = tok(unique, truncation=True, max_length=max_seq_len, padding=False,
+                          return_attention_mask=False, return_token_type_ids=want_tt)
+            ids_list = encoded["input_ids"]
+            tt_list = encoded.get("token_type_ids") if want_tt else None
         if tt_list is not None and not any(any(t) for t in tt_list):
             tt_list = None  # all zeros: the backbone's default, no need to build and pass them
         lengths = np.fromiter(map(len, ids_list), dtype=np.int64, count=len(unique))
@@ -360,6 +406,11 @@ class Encoder(nn.Module):
         return out[torch.from_numpy(inverse)]
 
     # ------------------------------------------------------------------ save / load
+    def prompt_metadata(self) -> dict[str, Any]:
+        """The prompt settings with the templates resolved (what csekit.json stores)."""
+        assert self.prompt is not None
+        return {**self.prompt.config.to_dict(), "templates": list(self.prompt.templates)}
+
     def save(self, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None) -> None:
         """Atomically write a sentence-transformers folder (+ csekit.json, + the MLP head).
 
@@ -391,7 +442,8 @@ class Encoder(nn.Module):
                 tmp, eval_pooler="cls_before_pooler" if self.eval_pooler == "cls" else self.eval_pooler,
                 hidden_size=self.hidden_size,
                 num_layers=int(backbone.config.num_hidden_layers), max_seq_len=self.max_seq_len,
-                head_state=eval_head, versions=versions, normalize=self.normalize)
+                head_state=eval_head, versions=versions, normalize=self.normalize,
+                prompt=self.prompt.st_config(self.max_seq_len) if self.prompt is not None else None)
             meta = {
                 "format_version": FORMAT_VERSION,
                 "pooler": self.pooler,
@@ -401,6 +453,7 @@ class Encoder(nn.Module):
                 "max_seq_len": self.max_seq_len,
                 "normalize": self.normalize,
                 "versions": versions,
+                **({"prompt": self.prompt_metadata()} if self.prompt is not None else {}),
                 **(metadata or {}),
             }
             (tmp / CSEKIT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n",
@@ -424,6 +477,8 @@ class Encoder(nn.Module):
         local_files_only: bool | None = None,
         backend: str = "hf",
         device: str | torch.device | None = None,
+        prompt: PromptConfig | None = None,
+        templates: Sequence[str] | None = None,
     ) -> Encoder:
         """Load a Hugging Face folder, a csekit / sentence-transformers folder, or a hub id.
 
@@ -439,6 +494,9 @@ class Encoder(nn.Module):
         has been measured faster and checked equal, which today is the CPU only
         (:func:`auto_uses_native`; ``device`` is where the encoder will run, default: CUDA when
         available), else ``hf``.
+
+        ``prompt`` / ``templates`` (pooler ``prompt``): the prompt settings, else the saved ones
+        (csekit.json), else PromptBERT's defaults; ``templates`` replaces just the templates.
         """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -521,8 +579,17 @@ class Encoder(nn.Module):
                 raise ModelLoadError(f"{root}: MLP head does not fit the model: {_first_line(err)}") from err
         seq_len = max_seq_len or meta.get("max_seq_len") or (st.max_seq_len if st else None)
         normalize = bool(meta.get("normalize", st.normalize if st is not None else False))
+        prompt_cfg: PromptConfig | None = None
+        if pooler == "prompt":
+            saved_prompt = meta.get("prompt") if saved_pooler == "prompt" else None
+            prompt_cfg = prompt or PromptConfig.from_dict(saved_prompt)
+            if templates is not None:
+                prompt_cfg = dataclasses.replace(prompt_cfg, templates=tuple(templates))
+        elif prompt is not None or templates:
+            raise ConfigError("prompt templates / settings need --pooler prompt")
         enc = cls(backbone, tokenizer, pooler=pooler, mlp=mlp, max_seq_len=seq_len, head=head,
-                  normalize=normalize, backbone_pooler_trained=pooler_trained, backend=backend)
+                  normalize=normalize, backbone_pooler_trained=pooler_trained, backend=backend,
+                  prompt=prompt_cfg)
         enc.metadata = meta  # type: ignore[attr-defined]
         enc.source = name  # type: ignore[attr-defined]
         enc.eval()

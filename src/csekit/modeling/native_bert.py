@@ -232,7 +232,8 @@ class NativeEncoderModel(nn.Module):
             and native_fastpath_available()
         )
 
-    def _embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    def _embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         seq = input_ids.shape[1]
         x = F.embedding(input_ids, self.word_embeddings)
@@ -240,7 +241,9 @@ class NativeEncoderModel(nn.Module):
             x = x + self.token_type_embeddings[0]  # transformers' default: all type 0
         else:
             x = x + F.embedding(token_type_ids, self.token_type_embeddings)
-        if cfg.model_type == "roberta":
+        if position_ids is not None:  # explicit ids (prompt template states), as transformers
+            x = x + F.embedding(position_ids, self.position_embeddings)
+        elif cfg.model_type == "roberta":
             # fairseq positions: padding_idx + 1, 2, ... over non-pad tokens, padding_idx on pads
             keep = input_ids.ne(cfg.pad_token_id).int()
             positions = (torch.cumsum(keep, dim=1).type_as(keep) * keep).long() + cfg.pad_token_id
@@ -263,13 +266,14 @@ class NativeEncoderModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         return_dict: bool = True,
+        position_ids: torch.Tensor | None = None,
     ) -> NativeOutput:
         if self.training:  # pragma: no cover - train() refuses already
             raise RuntimeError("the native encoder is for inference only")
         cfg = self.config
         bsz, seq = input_ids.shape
         hid, heads = cfg.hidden_size, cfg.num_attention_heads
-        x = self._embed(input_ids, token_type_ids)
+        x = self._embed(input_ids, token_type_ids, position_ids)
         fast = self._use_fastpath(x)
         mask: torch.Tensor | None = None
         if attention_mask is not None and (

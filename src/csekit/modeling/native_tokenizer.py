@@ -53,9 +53,11 @@ class WordPieceTokenizer:
     model_input_names: ClassVar[tuple[str, ...]] = ("input_ids", "token_type_ids", "attention_mask")
 
     def __init__(
-        self, backend: Any, *, pad_token_id: int, model_max_length: int, source: str
+        self, backend: Any, *, pad_token_id: int, model_max_length: int, source: str,
+        specials: dict[str, str | None] | None = None,
     ) -> None:
         self._tok = backend
+        self._specials = dict(specials or {})
         self.pad_token_id = pad_token_id
         self.model_max_length = model_max_length
         self.name_or_path = source
@@ -147,6 +149,7 @@ class WordPieceTokenizer:
             pad_token_id=int(ids.get("pad_token") or 0),
             model_max_length=max_len,
             source=str(folder),
+            specials=specials,
         )
 
     def __call__(
@@ -159,6 +162,7 @@ class WordPieceTokenizer:
         return_token_type_ids: bool = True,
         return_attention_mask: bool = True,
         return_tensors: str | None = None,
+        add_special_tokens: bool = True,
     ) -> dict[str, Any]:
         if isinstance(texts, str):
             texts = [texts]
@@ -176,7 +180,7 @@ class WordPieceTokenizer:
                 self._tok.no_truncation()
         else:
             self._tok.no_truncation()
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=True)
+        encs = self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         ids = [e.ids for e in encs]
         out: dict[str, Any] = {"input_ids": ids}
         if return_token_type_ids:
@@ -196,6 +200,15 @@ class WordPieceTokenizer:
                 raise ValueError("sequences of different lengths need padding=True for tensors")
             out = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
         return out
+
+    @property
+    def mask_token(self) -> str | None:
+        return self._specials.get("mask_token")
+
+    @property
+    def mask_token_id(self) -> int | None:
+        tok = self.mask_token
+        return self._tok.token_to_id(tok) if tok is not None else None
 
     def save_pretrained(self, *_: Any, **__: Any) -> None:
         raise RuntimeError(

@@ -10,6 +10,8 @@ Poolers (``hidden_states`` are the backbone's per-layer outputs, index 0 = embed
   first *transformer layer* and the last one, as SimCSE's current ``evaluation.py`` does (early
   versions of that script used hidden_states[0], the embedding output).
 * ``avg_top2``: mean over tokens of (hidden_states[-2] + hidden_states[-1]) / 2.
+* ``prompt``: PromptBERT's last-layer state at the mask token of a template holding the sentence
+  (:mod:`csekit.modeling.prompt`: templates, tokenisation, template denoising).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOLERS: tuple[str, ...] = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
+POOLERS: tuple[str, ...] = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2",
+                             "prompt")
 MLP_MODES: tuple[str, ...] = ("train", "always", "none")
 HIDDEN_STATE_POOLERS: frozenset[str] = frozenset({"avg_first_last", "avg_top2"})
 
@@ -68,4 +71,6 @@ def pool_tokens(
             raise ValueError(f"pooler {pooler!r} needs the hidden states of at least 2 layers")
         first = hidden_states[1] if pooler == "avg_first_last" else hidden_states[-2]
         return masked_mean((first + hidden_states[-1]) / 2.0, attention_mask)
+    if pooler == "prompt":
+        raise ValueError("the prompt pooler needs its templates: use PromptPooling.pool")
     raise ValueError(f"unknown pooler {pooler!r}; choose one of {', '.join(POOLERS)}")

@@ -10,6 +10,14 @@ loads the folder without ``trust_remote_code``:
   WeightedLayerPooling (weight 1 on the two layers, 0 elsewhere), Pooling(mean)
 * a head used at evaluation (csekit MLP with ``mlp="always"``, or a raw BERT's own pooler for
   ``cls``) -> an extra Dense(H, H, Tanh) module after the pooling.
+
+The exception is ``prompt`` (PromptBERT), which sentence-transformers cannot express with its
+own modules (no template, no mask-token pooling): module 0 is then
+``csekit_prompt.CsekitPromptTransformer``, a subclass of its Transformer shipped in the folder
+as ``csekit_prompt.py`` (:mod:`csekit.modeling.st_prompt_module`) with the template as token
+ids in ``csekit_prompt.json``; loading needs ``SentenceTransformer(path,
+trust_remote_code=True)`` (sentence-transformers >= 6 requires it for any module outside its
+own namespace, local folders included).
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from csekit.errors import ModelLoadError
 
 _ST = "sentence_transformers.models."
 _TANH = "torch.nn.modules.activation.Tanh"
+PROMPT_MODULE_FILE = "csekit_prompt.py"
+PROMPT_MODULE_TYPE = "csekit_prompt.CsekitPromptTransformer"
+PROMPT_CONFIG_FILE = "csekit_prompt.json"
 
 
 def layer_weights(pooler: str, num_layers: int) -> list[float]:
@@ -57,15 +68,19 @@ def write_st_modules(
     head_state: dict[str, torch.Tensor] | None,
     versions: dict[str, str],
     normalize: bool = False,
+    prompt: dict[str, Any] | None = None,
 ) -> None:
     """Write modules.json and the module sub-folders for the evaluation pooling.
 
     ``eval_pooler`` is one of cls_before_pooler, avg, avg_first_last, avg_top2 (the token
-    pooling); ``head_state`` (``dense.weight``, ``dense.bias``) adds a Dense+Tanh after it.
-    The Transformer module itself (config, weights, tokenizer) is written by the caller at root.
+    pooling) or ``prompt`` (then ``prompt`` is the token-level template description that
+    ``csekit_prompt.json`` stores); ``head_state`` (``dense.weight``, ``dense.bias``) adds a
+    Dense+Tanh after it. The Transformer module itself (config, weights, tokenizer) is written by
+    the caller at root.
     """
     modules: list[dict[str, Any]] = [
-        {"idx": 0, "name": "0", "path": "", "type": _ST + "Transformer"}
+        {"idx": 0, "name": "0", "path": "",
+         "type": PROMPT_MODULE_TYPE if eval_pooler == "prompt" else _ST + "Transformer"}
     ]
     _write_json(root / "sentence_bert_config.json",
                 {"max_seq_length": int(max_seq_len), "do_lower_case": False})
@@ -77,6 +92,12 @@ def write_st_modules(
         (root / sub).mkdir(parents=True, exist_ok=True)
         return root / sub
 
+    if eval_pooler == "prompt":
+        if prompt is None:
+            raise ValueError("the prompt pooler needs its template description")
+        src = Path(__file__).with_name("st_prompt_module.py")
+        (root / PROMPT_MODULE_FILE).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+        _write_json(root / PROMPT_CONFIG_FILE, prompt)
     if eval_pooler in ("avg_first_last", "avg_top2"):
         cfg_path = root / "config.json"
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -88,14 +109,15 @@ def write_st_modules(
         weights = torch.tensor(layer_weights(eval_pooler, num_layers), dtype=torch.float32)
         save_file({"layer_weights": weights}, str(sub / "model.safetensors"))
     mode = "cls" if eval_pooler == "cls_before_pooler" else "mean"
-    sub = add("Pooling")
-    _write_json(sub / "config.json", {
-        "word_embedding_dimension": hidden_size,
-        "pooling_mode_cls_token": mode == "cls",
-        "pooling_mode_mean_tokens": mode == "mean",
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-    })
+    if eval_pooler != "prompt":
+        sub = add("Pooling")
+        _write_json(sub / "config.json", {
+            "word_embedding_dimension": hidden_size,
+            "pooling_mode_cls_token": mode == "cls",
+            "pooling_mode_mean_tokens": mode == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        })
     if head_state is not None:
         sub = add("Dense")
         _write_json(sub / "config.json", {"in_features": hidden_size, "out_features": hidden_size,
@@ -117,7 +139,7 @@ class StPooling:
     """What an ST folder's modules say about pooling."""
 
     transformer_dir: Path
-    pooler: str                       # cls_before_pooler | avg | avg_first_last | avg_top2
+    pooler: str                       # cls_before_pooler | avg | avg_first_last | avg_top2 | prompt
     head_state: dict[str, torch.Tensor] | None
     normalize: bool
     max_seq_len: int | None
@@ -172,7 +194,9 @@ def read_st_modules(root: Path) -> StPooling:
         sub = (root / str(m.get("path", ""))).resolve()
         if not sub.is_relative_to(root.resolve()):
             raise ModelLoadError(f"{root / 'modules.json'}: module path {m.get('path')!r} leaves the folder")
-        if kind == "Transformer" and transformer_dir is None:
+        if kind == "CsekitPromptTransformer" and transformer_dir is None:
+            transformer_dir, pooler = sub, "prompt"
+        elif kind == "Transformer" and transformer_dir is None:
             transformer_dir = sub
             cfg_file = sub / "sentence_bert_config.json"
             if cfg_file.is_file():

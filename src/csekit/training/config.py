@@ -65,6 +65,17 @@ class TrainConfig:
     dropout: float | None = None  # None: the backbone's own (0.1 for BERT/RoBERTa)
     trust_remote_code: bool = False
     max_seq_len: int = 32
+    # --- prompt pooler (PromptBERT; csekit.modeling.prompt), used with pooler: prompt.
+    # Templates hold [X] (sentence) and [MASK]; unset: the model family's PromptBERT T1 / T2.
+    # T1 makes view 1 and evaluation, T2 the other views (T1 alone: every view uses it).
+    # With the prompt pooler max_seq_len counts the sentence's tokens (template added on top).
+    prompt_template: str | None = None
+    prompt_template2: str | None = None
+    prompt_denoise: bool = True  # subtract the template-only state in training (PromptBERT)
+    prompt_denoise_grad: bool = True  # gradient through it (PromptBERT's default)
+    prompt_positions: str = "model"  # template-state position ids: model | reference
+    prompt_eval_denoise: bool = False  # PromptBERT's unsupervised evaluation: no denoising
+    prompt_eval_period: bool = True  # evaluation appends '.' (PromptBERT's rule)
     # --- objective hyper-parameters
     # (None: the objective's published default, csekit.objectives.defaults)
     temperature: float | None = None
@@ -203,6 +214,22 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # ------------------------------------------------------------------ derived values
+    def prompt_config(self) -> Any:
+        """The PromptConfig of the prompt pooler, or None for the other poolers."""
+        from csekit.modeling.prompt import PromptConfig
+
+        prompt_set = (self.prompt_template, self.prompt_template2)
+        if self.pooler != "prompt":
+            if any(t is not None for t in prompt_set):
+                raise ConfigError("prompt_template / prompt_template2 need pooler: prompt")
+            return None
+        if self.prompt_template2 is not None and self.prompt_template is None:
+            raise ConfigError("prompt_template2 (T2) needs prompt_template (T1) as well")
+        return PromptConfig(templates=tuple(t for t in prompt_set if t is not None),
+                            denoise=self.prompt_denoise, eval_denoise=self.prompt_eval_denoise,
+                            eval_period=self.prompt_eval_period,
+                            denoise_grad=self.prompt_denoise_grad, positions=self.prompt_positions)
+
     @property
     def uses_clusters(self) -> bool:
         return self.objective in ("clusterns", "clusterns-focal")
@@ -283,6 +310,7 @@ class TrainConfig:
             raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
                               f"{world_size} processes; pick a multiple of {world_size}")
         build_objective(cfg.objective, **cfg.objective_hparams())  # the objective's own checks
+        cfg.prompt_config()  # the template syntax and prompt options
         if cfg.uses_clusters:
             if cfg.n_clusters > cfg.batch_size:
                 raise ConfigError(f"n_clusters {cfg.n_clusters} is larger than the global batch "

@@ -34,11 +34,13 @@ def unused_parameters(encoder: nn.Module) -> list[str]:
     with the global RNG states forked so that the run's random stream is untouched; gradients
     are cleared afterwards.
     """
-    tok = encoder.tokenizer
-    batch = dict(tok(_PROBE, padding=True, truncation=True, max_length=16, return_tensors="pt"))
+    from csekit.data.collate import tokenize_pairs
+
+    # The training layout itself (incl. the prompt pooler's per-view templates), so the probe
+    # runs exactly the code paths a training step runs.
+    batch = tokenize_pairs(encoder.tokenizer, _PROBE, 16, prompt=getattr(encoder, "prompt", None))
     device = next(encoder.parameters()).device
-    inputs = {k: v.to(device) for k, v in batch.items()
-              if k in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs = {k: v.to(device) for k, v in batch.items()}
     was_training = encoder.training
     devices = [device] if device.type == "cuda" else []
     encoder.zero_grad(set_to_none=True)

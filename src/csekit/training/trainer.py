@@ -59,7 +59,12 @@ from csekit.training.prefetch import Prefetcher, pin, to_device
 from csekit.training.rng import get_rng_state, seed_dropout, seed_everything, set_rng_state
 from csekit.training.signals import StopSignal
 from csekit.training.speed import configure_training_forward
-from csekit.training.supervised import record_mode, tokenize_batch, views
+from csekit.training.supervised import (
+    check_prompt_supported,
+    record_mode,
+    tokenize_batch,
+    views,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +180,7 @@ class Trainer:
             text_column=cfg.text_column, dedup=cfg.dedup, on_bad_line=cfg.on_bad_line)
         # the mode chosen from the data (supervised NLI, issue #14) is kept in the config
         self.config = cfg = record_mode(cfg, mode, getattr(self.corpus, "columns", ()))
+        check_prompt_supported(mode, cfg.pooler == "prompt" or None)
         self.batches_per_epoch = self._count_batches()
         if self.batches_per_epoch < 1:
             raise DataError(f"corpus {cfg.train_file} has fewer sentences than one global batch "
@@ -182,7 +188,8 @@ class Trainer:
         self.objective = build_objective(cfg.objective, **cfg.objective_hparams())
         self.encoder = Encoder.from_pretrained(cfg.model, pooler=cfg.pooler, mlp=cfg.mlp,
                                                dropout=cfg.dropout,
-                                               trust_remote_code=cfg.trust_remote_code)
+                                               trust_remote_code=cfg.trust_remote_code,
+                                               prompt=cfg.prompt_config())
         configure_training_forward(self.encoder, cfg, ddp_kwargs=self._ddp_kwargs,
                                    world_size=self.world)
         self.objective.to(self.accelerator.device)
@@ -258,8 +265,9 @@ class Trainer:
 
     def _local_inputs(self, local: list[Any]) -> dict[str, torch.Tensor]:
         """This process's rows of the global batch, tokenised for all views (host tensors)."""
+        # (prompt pooler: the per-view templates, T1 for view 1 and T2 for view 2)
         return tokenize_batch(self.encoder.tokenizer, local, self.config.supervision,
-                              self.config.max_seq_len)
+                              self.config.max_seq_len, prompt=self.encoder.prompt)
 
     # ------------------------------------------------------------------ resume
     def _resume(self) -> None:

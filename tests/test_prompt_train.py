@@ -1,0 +1,117 @@
+"""Training with the prompt pooler: every objective, with and without the train-only MLP, saves
+a prompt model, and two CPU processes equal one (T1/T2 views with template denoising)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from csekit.modeling.encoder import Encoder
+from csekit.training import TrainConfig, Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_distributed_train import _free_port, _losses
+from test_train import make_corpus
+
+OBJECTIVES = ["simcse", "focal", "clusterns", "clusterns-focal"]
+
+
+@pytest.mark.parametrize("objective,mlp", [(o, "train") for o in OBJECTIVES] + [("simcse", "none")])
+def test_every_objective_trains_and_saves(objective: str, mlp: str, tiny_bert_dir: Path,
+                                          tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "c.txt", n=64)
+    out = tmp_path / "run"
+    extra = dict(n_clusters=4, kmeans_start_cosine=1.0) if "clusterns" in objective else {}
+    cfg = TrainConfig.from_dict(dict(
+        model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out), progress=False,
+        objective=objective, pooler="prompt", mlp=mlp, batch_size=8, learning_rate=1e-4,
+        max_steps=3, logging_steps=1, eval_steps=1000, seed=1, **extra))
+    res = Trainer(cfg).train()
+    assert res.steps == 3 and all(torch.isfinite(torch.tensor(res.losses)))
+    meta = json.loads((out / "csekit.json").read_text())
+    assert meta["pooler"] == "prompt" and meta["prompt"]["templates"][0] == \
+        'This sentence of "[X]" means[MASK].' and meta["prompt"]["denoise"] is True
+    enc = Encoder.from_pretrained(out)
+    assert enc.prompt is not None and enc.prompt.templates == tuple(meta["prompt"]["templates"])
+    assert enc.encode(["a b", "c"]).shape == (2, 32)
+
+
+def test_bad_prompt_options(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from csekit.errors import ConfigError
+
+    corpus = make_corpus(tmp_path / "c.txt", n=16)
+    base = dict(model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="pooler: prompt"):
+        TrainConfig.from_dict({**base, "prompt_template": "[X] [MASK]"}).validate()
+    with pytest.raises(ConfigError, match="T1"):
+        TrainConfig.from_dict({**base, "pooler": "prompt",
+                               "prompt_template2": "[X] [MASK]"}).validate()
+    with pytest.raises(ConfigError, match="mask slot"):
+        TrainConfig.from_dict({**base, "pooler": "prompt", "prompt_template": "[X] ."}).validate()
+
+
+STEPS = 4
+OPTS = dict(objective="clusterns", n_clusters=4, kmeans_start_cosine=1.0, batch_size=16,
+            learning_rate=3e-5, max_steps=STEPS, dropout=0.0, pooler="prompt", mlp="train",
+            bml_weight=1e-2, bml_alpha=0.0, bml_beta=0.3, logging_steps=1, eval_steps=1000,
+            seed=3)
+
+
+def test_two_processes_equal_one_with_prompts(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "corpus.txt", n=200)
+    one, two = tmp_path / "one", tmp_path / "two"
+    Trainer(TrainConfig.from_dict(dict(model=str(tiny_bert_dir), train_file=str(corpus),
+                                       output_dir=str(one), progress=False, **OPTS))).train()
+    flags: list[str] = []
+    for k, v in OPTS.items():
+        flags += [f"--{k.replace('_', '-')}", str(v)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CI="1", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
+           "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "csekit.cli.train_cmd", "--model", str(tiny_bert_dir), "--train-file", str(corpus),
+           "--output-dir", str(two), *flags]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    l1, l2 = _losses(one), _losses(two)
+    assert len(l1) == len(l2) == STEPS
+    assert l2 == pytest.approx(l1, abs=1e-5)
+    c1, c2 = one / "checkpoints" / f"step-{STEPS}", two / "checkpoints" / f"step-{STEPS}"
+    m1, m2 = load_file(str(c1 / "model.safetensors")), load_file(str(c2 / "model.safetensors"))
+    init = load_file(str(tiny_bert_dir / "model.safetensors"))
+    moved = 0
+    # The last layer's output LayerNorm bias b cancels in h_mask - template state (both states
+    # end in "+ b"), so its gradient is exactly 0 up to rounding; Adam turns that rounding noise
+    # into steps of up to lr each, which differ between the runs. Bounded by Adam, not 1e-5.
+    last_bias = f"backbone.encoder.layer.{len({k.split('.')[3] for k in m1 if '.layer.' in k}) - 1}" \
+        ".output.LayerNorm.bias"
+    assert last_bias in m1
+    for k in m1:
+        tol = 2 * STEPS * OPTS["learning_rate"] if k == last_bias else 1e-5
+        torch.testing.assert_close(m2[k], m1[k], rtol=0, atol=tol, msg=k)
+        src = k.removeprefix("backbone.")
+        moved += int(src in init and not torch.allclose(init[src], m1[k]))
+    assert moved > 10
+    assert json.loads((two / "csekit.json").read_text())["pooler"] == "prompt"
+
+
+def test_prompt_with_supervised_triplets_is_refused(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """Which template the positive and the hard negative take is not settled, so the
+    combination stops with one line before any model is trained (not a silent guess)."""
+    from csekit.errors import ConfigError
+
+    table = tmp_path / "nli.csv"
+    table.write_text("sent0,sent1,hard_neg\n" + "".join(
+        f"premise {i},entailed {i},contradicted {i}\n" for i in range(40)), encoding="utf-8")
+    cfg = TrainConfig.from_dict(dict(model=str(tiny_bert_dir), train_file=str(table),
+                                     output_dir=str(tmp_path / "o"), pooler="prompt",
+                                     batch_size=8, max_steps=1, progress=False))
+    with pytest.raises(ConfigError, match="prompt trains unsupervised only"):
+        Trainer(cfg)
