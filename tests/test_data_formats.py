@@ -201,7 +201,8 @@ def bad_cases(tmp: Path) -> list[tuple[str, Path, str, int]]:
         ("csv missing column", _write(tmp / "m.csv", b"id,body,title\n0,a,b\n"),
          "m.csv: cannot tell which column", -1),
         ("csv field count", _write(tmp / "f.csv", b"id,text\n0,a b\n1,c,d\n2,e f\n3,g h\n4,i j\n"),
-         "f.csv: not readable CSV (CSV parse error: Row #3: Expected 2 columns, got 3", 4),
+         # (pyarrow names the row "Row #3" only when it parses on one thread)
+         "f.csv: not readable CSV (CSV parse error: ", 4),
         ("tsv nul", _write(tmp / "n.tsv", b"id\ttext\n0\ta\x00b\n1\tok one\n2\tok two\n3\tx y\n4\tz\n"),
          "n.tsv: row 1: column 'text': NUL character", 4),
         ("parquet non-string column", _parquet(tmp / "int.parquet", text=[1, 2, 3]),

@@ -278,6 +278,7 @@ def test_native_encoder_is_inference_only(tiny_bert_dir: Path, tmp_path: Path) -
     assert Encoder.from_pretrained(tiny_bert_dir, backend="auto", dropout=0.1).backend == "hf"
 
 
+@pytest.mark.slow  # 15 s: two full CLI evaluations; the backends' equality is tested per layer
 def test_cli_backends_give_the_same_numbers(
     tiny_bert_dir: Path, senteval_dir: Path, tmp_path: Path
 ) -> None:

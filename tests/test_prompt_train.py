@@ -64,6 +64,7 @@ OPTS = dict(objective="clusterns", n_clusters=4, kmeans_start_cosine=1.0, batch_
             seed=3)
 
 
+@pytest.mark.slow  # 18 s: torchrun x2; 2 processes == 1 stays in the default suite elsewhere
 def test_two_processes_equal_one_with_prompts(tiny_bert_dir: Path, tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "corpus.txt", n=200)
     one, two = tmp_path / "one", tmp_path / "two"
