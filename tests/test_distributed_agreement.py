@@ -23,14 +23,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from csekit.atomic import PAUSE_ENV
 from csekit.training import TrainConfig, Trainer
 from csekit.training.agreement import SHARED_WAIT_ENV
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_corpus
+from test_train import assert_same_weights_and_centroids, make_corpus
 from test_train_eval import make_senteval
 
 HERE = Path(__file__).parent
@@ -183,13 +182,4 @@ def test_two_process_sigterm_resume_equals_uninterrupted(tiny_bert_dir: Path,
         assert sa[key] == sb[key], key
     assert [h["stsb_dev"] for h in sb["history"]] == pytest.approx(
         [h["stsb_dev"] for h in sa["history"]], abs=1e-6)
-    oa = torch.load(a / "objective.pt", weights_only=True)
-    ob = torch.load(b / "objective.pt", weights_only=True)
-    cents = [k for k in oa if k.endswith("centroids")]
-    assert cents and oa[cents[0]].shape == (4, 32)
-    for k in oa:
-        torch.testing.assert_close(ob[k], oa[k], rtol=0, atol=1e-6)
-    ma, mb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert ma.keys() == mb.keys()
-    for k in ma:
-        torch.testing.assert_close(mb[k], ma[k], rtol=0, atol=1e-6, msg=k)
+    assert_same_weights_and_centroids(a, b)

@@ -49,6 +49,21 @@ def _losses(out: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def torchrun_train(model: Path, corpus: Path, out: Path, opts: dict, *, nproc: int = 2,
+                   timeout: int = 300) -> subprocess.CompletedProcess:
+    """``csekit train`` under torchrun with ``nproc`` CPU (gloo) processes on 127.0.0.1."""
+    flags: list[str] = []
+    for k, v in opts.items():
+        flags += [f"--{k.replace('_', '-')}", str(v)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CI="1", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
+           str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "csekit.cli.train_cmd", "--model", str(model), "--train-file", str(corpus),
+           "--output-dir", str(out), *flags]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 # (triplets through torchrun is slow; the objective-level 2-process test covers z3 by default)
 @pytest.mark.parametrize("data", ["sentences", pytest.param("triplets", marks=pytest.mark.slow)])
 def test_two_processes_equal_one(tiny_bert_dir: Path, tmp_path: Path, data: str) -> None:
@@ -62,16 +77,7 @@ def test_two_processes_equal_one(tiny_bert_dir: Path, tmp_path: Path, data: str)
     Trainer(TrainConfig.from_dict(dict(model=str(tiny_bert_dir), train_file=str(corpus),
                                        output_dir=str(one), progress=False, **opts))).train()
 
-    flags: list[str] = []
-    for k, v in opts.items():
-        flags += [f"--{k.replace('_', '-')}", str(v)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CI="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
-           "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "csekit.cli.train_cmd", "--model", str(tiny_bert_dir), "--train-file", str(corpus),
-           "--output-dir", str(two), *flags]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun_train(tiny_bert_dir, corpus, two, opts, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     cfg = TrainConfig.from_yaml(two / "config.yaml")

@@ -4,8 +4,6 @@ a prompt model, and two CPU processes equal one (T1/T2 views with template denoi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from csekit.modeling.encoder import Encoder
 from csekit.training import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_distributed_train import _free_port, _losses
+from test_distributed_train import _losses, torchrun_train
 from test_train import make_corpus
 
 OBJECTIVES = ["simcse", "focal", "clusterns", "clusterns-focal"]
@@ -70,16 +68,7 @@ def test_two_processes_equal_one_with_prompts(tiny_bert_dir: Path, tmp_path: Pat
     one, two = tmp_path / "one", tmp_path / "two"
     Trainer(TrainConfig.from_dict(dict(model=str(tiny_bert_dir), train_file=str(corpus),
                                        output_dir=str(one), progress=False, **OPTS))).train()
-    flags: list[str] = []
-    for k, v in OPTS.items():
-        flags += [f"--{k.replace('_', '-')}", str(v)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CI="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
-           "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "csekit.cli.train_cmd", "--model", str(tiny_bert_dir), "--train-file", str(corpus),
-           "--output-dir", str(two), *flags]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = torchrun_train(tiny_bert_dir, corpus, two, OPTS, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     l1, l2 = _losses(one), _losses(two)
     assert len(l1) == len(l2) == STEPS

@@ -56,6 +56,20 @@ def test_loss_decreases(tiny_bert_dir: Path, corpus: Path, tmp_path: Path) -> No
     assert (out / "checkpoints" / "step-10" / "trainer_state.json").exists()
 
 
+def assert_same_weights_and_centroids(a: Path, b: Path, *, atol: float = 1e-6) -> None:
+    """Two checkpoint folders hold the same model weights and the same (4, 32) centroids."""
+    oa = torch.load(a / "objective.pt", weights_only=True)
+    ob = torch.load(b / "objective.pt", weights_only=True)
+    cents = [k for k in oa if k.endswith("centroids")]
+    assert cents and oa[cents[0]].shape == (4, 32)
+    for k in oa:
+        torch.testing.assert_close(ob[k], oa[k], rtol=0, atol=atol, msg=k)
+    ma, mb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        torch.testing.assert_close(mb[k], ma[k], rtol=0, atol=atol, msg=k)
+
+
 def _stop_after(trainer: Trainer, step: int, signum: int) -> None:
     """Send ``signum`` to this process while the update producing ``step`` runs."""
     original = trainer._step
@@ -89,16 +103,7 @@ def test_interrupted_resume_equals_uninterrupted(tiny_bert_dir: Path, corpus: Pa
     assert rest.losses == pytest.approx(ref.losses[5:], abs=1e-6)
 
     a, b = tmp_path / "a" / "checkpoints" / "step-8", tmp_path / "b" / "checkpoints" / "step-8"
-    oa = torch.load(a / "objective.pt", weights_only=True)
-    ob = torch.load(b / "objective.pt", weights_only=True)
-    cents = [k for k in oa if k.endswith("centroids")]
-    assert cents and oa[cents[0]].shape == (4, 32)
-    for k in oa:
-        torch.testing.assert_close(ob[k], oa[k], rtol=0, atol=1e-6)
-    ma, mb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert ma.keys() == mb.keys()
-    for k in ma:
-        torch.testing.assert_close(mb[k], ma[k], rtol=0, atol=1e-6)
+    assert_same_weights_and_centroids(a, b)
     # metrics.jsonl of the resumed run has each step once
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text()
              .splitlines() if "loss" in json.loads(x)]
