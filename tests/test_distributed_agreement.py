@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,16 +28,12 @@ from csekit.training import TrainConfig, Trainer
 from csekit.training.agreement import SHARED_WAIT_ENV
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_distributed_train import _free_port
 from test_train import assert_same_weights_and_centroids, make_corpus
 from test_train_eval import make_senteval
 
 HERE = Path(__file__).parent
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ process run to 1e-5, and centroids must be bit-identical across processes.
 from __future__ import annotations
 
 import os
-import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,9 @@ import torch.multiprocessing as mp
 
 from csekit import distributed
 from csekit.objectives import build_objective
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_distributed_train import _free_port  # noqa: E402
 
 WORLD = 2
 GLOBAL_B, D_IN, D, K, STEPS = 12, 10, 8, 8, 6  # K > local batch: init must use the global batch
@@ -35,11 +38,6 @@ OPTS = {
     "seed": 3,
 }
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import random
-import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,9 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_distributed_train import _free_port  # noqa: E402
 
 pytest.importorskip("sentence_transformers")
 
@@ -30,11 +33,6 @@ OPTS = {"n_clusters": 4, "kmeans_start_cosine": 1.0, "kmeans_lr": 0.2, "bml_weig
 WORDS = ["the", "city", "river", "album", "song", "was", "released", "in", "a", "new", "team",
          "film", "school", "north", "south", "church", "village", "game", "one", "two"]
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _batch(step: int) -> list[str]:

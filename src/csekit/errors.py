@@ -8,6 +8,13 @@ with code 2; it never shows a traceback for these.
 from __future__ import annotations
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty): how
+    csekit quotes a library's error inside its own one-line message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class CsekitError(Exception):
     """A user mistake or bad input: one-line message, CLI exit code 2."""
 

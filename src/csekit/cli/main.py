@@ -14,7 +14,7 @@ import os
 import sys
 
 from csekit import __version__
-from csekit.errors import CsekitError
+from csekit.errors import CsekitError, first_line
 
 SUBCOMMANDS = ("train", "eval", "encode", "data", "push")
 
@@ -51,8 +51,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         rc = args.func(args)
     except CsekitError as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"csekit: error: {msg}", file=sys.stderr)
+        print(f"csekit: error: {first_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("csekit: interrupted", file=sys.stderr)

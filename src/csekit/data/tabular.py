@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from csekit.data.sources import CSV, HF, JSONL, PARQUET, TSV, Source
-from csekit.errors import DataError
+from csekit.errors import DataError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ def _is_text_type(t) -> bool:
 def _unreadable(src: Source, err: Exception) -> DataError:
     what = {PARQUET: "a readable Parquet file", JSONL: "readable JSON Lines", CSV: "readable CSV",
             TSV: "readable TSV", HF: "a readable `datasets` folder"}[src.kind]
-    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return DataError(f"{src.path}: not {what} ({msg[:200]})")
+    return DataError(f"{src.path}: not {what} ({first_line(err)[:200]})")
 
 
 # ---------------------------------------------------------------------- schemas, columns

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from csekit.atomic import atomic_dir
-from csekit.errors import ConfigError, ModelLoadError
+from csekit.errors import ConfigError, ModelLoadError, first_line
 from csekit.modeling.cpu_fastpath import fastpath_enabled, fused_cpu_linears
 from csekit.modeling.fast_encode import pad_batch, plan_batches, progress_bar
 from csekit.modeling.model_card import CARD_FILE, build_model_card
@@ -77,11 +77,6 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
         if bar:
             hf_logging.enable_progress_bar()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 class Encoder(nn.Module):
@@ -576,7 +571,7 @@ class Encoder(nn.Module):
             try:
                 head.load_state_dict(head_state)
             except RuntimeError as err:
-                raise ModelLoadError(f"{root}: MLP head does not fit the model: {_first_line(err)}") from err
+                raise ModelLoadError(f"{root}: MLP head does not fit the model: {first_line(err)}") from err
         seq_len = max_seq_len or meta.get("max_seq_len") or (st.max_seq_len if st else None)
         normalize = bool(meta.get("normalize", st.normalize if st is not None else False))
         prompt_cfg: PromptConfig | None = None
@@ -626,8 +621,8 @@ def _load_native(tdir: Path, name: str, *, strict: bool) -> tuple[nn.Module, boo
         return None
     except Exception as err:  # unreadable weights etc.: transformers reports it properly
         if strict:
-            raise ModelLoadError(f"cannot load model {name}: {_first_line(err)}") from err
-        logger.debug("%s: native backend failed (%s); using transformers", name, _first_line(err))
+            raise ModelLoadError(f"cannot load model {name}: {first_line(err)}") from err
+        logger.debug("%s: native backend failed (%s); using transformers", name, first_line(err))
         return None
     try:
         tokenizer: Any = WordPieceTokenizer.from_folder(tdir)
@@ -645,7 +640,7 @@ def _load_hf_backbone(tdir: Path, name: str, dropout: float | None,
         config = AutoConfig.from_pretrained(tdir, trust_remote_code=trust_remote_code,
                                             local_files_only=True)
     except Exception as err:
-        raise ModelLoadError(f"cannot read the config of {name}: {_first_line(err)}") from err
+        raise ModelLoadError(f"cannot read the config of {name}: {first_line(err)}") from err
     config.output_hidden_states = False
     if dropout is not None:
         for key in _DROPOUT_KEYS:
@@ -678,7 +673,7 @@ def _load_error(name: str, err: Exception) -> ModelLoadError:
     if isinstance(err, ValueError) and "trust_remote_code" in str(err):
         return ModelLoadError(f"{name} needs custom code; pass trust_remote_code=True "
                               "(--trust-remote-code) only if you trust it")
-    return ModelLoadError(f"cannot load model {name}: {_first_line(err)}")
+    return ModelLoadError(f"cannot load model {name}: {first_line(err)}")
 
 
 __all__ = ["BACKENDS", "Encoder", "auto_uses_native", "library_versions"]

@@ -20,7 +20,7 @@ import logging
 import os
 from pathlib import Path
 
-from csekit.errors import ConfigError, CsekitError, ModelLoadError
+from csekit.errors import ConfigError, CsekitError, ModelLoadError, first_line
 from csekit.modeling.model_card import CARD_FILE, build_model_card
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def push_folder(folder: str | os.PathLike[str], repo_id: str, *, private: bool =
         hint = " (no or wrong token: set HF_TOKEN or run `hf auth login`)" \
             if status in (401, 403) else ""
         raise HubError(f"the Hub refused the upload to {repo_id}: "
-                       f"{str(err).strip().splitlines()[0]}{hint}") from err
+                       f"{first_line(err)}{hint}") from err
     except OSError as err:  # connection refused, DNS, timeouts (httpx errors are OSErrors too)
         raise HubError(f"cannot reach the Hub at {api.endpoint}: {err}") from err
     except Exception as err:

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from csekit.errors import ModelLoadError
+from csekit.errors import ModelLoadError, first_line
 
 # Hub ids look like "name" or "org/name"; anything else is treated as a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -81,8 +81,7 @@ def resolve_model_dir(
             "pass a local folder or set HF_HUB_OFFLINE=1 to use the cache"
         ) from err
     except Exception as err:  # RepositoryNotFoundError, HTTP errors, ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"cannot get model {name!r} from the hub: {first}") from err
+        raise ModelLoadError(f"cannot get model {name!r} from the hub: {first_line(err)}") from err
     return Path(snap)
 
 

@@ -54,7 +54,7 @@ def tokenize_batch(tokenizer: Any, local: Sequence[Any], mode: str,
     in T2, see :func:`csekit.data.tokenize_pairs`)."""
     if mode == "unsupervised":
         return tokenize_pairs(tokenizer, local, max_seq_len, prompt=prompt)
-    check_prompt_supported(mode, prompt)
+    check_prompt_supported(mode, prompt)  # (the Trainer already refused this at start-up)
     return tokenize_views(tokenizer, local, max_seq_len)
 
 
