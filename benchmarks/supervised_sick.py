@@ -23,6 +23,7 @@ import csv
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +51,25 @@ def model_settings() -> dict[str, dict[str, Any]]:
     except ImportError:
         pass
     return out
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """Group runs by (model, objective): per-task test Spearman, avg and best dev, per seed."""
+    out: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in runs:
+        g = out.setdefault((r["model"], r["objective"]),
+                           {k: [] for k in [*TASKS, "avg", "stsb_dev"]})
+        for t in TASKS:
+            g[t].append(r["test"]["spearman"][t])
+        g["avg"].append(r["test"]["avg"])
+        g["stsb_dev"].append(r["stsb_dev"])
+    return out
+
+
+def _pm(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def main() -> int:
@@ -98,7 +118,8 @@ def main() -> int:
                             "--bml-weight", "1e-3",
                             "--bml-alpha", "0", "--bml-beta", "0.3"]
                 t0 = time.time()
-                if not (out / "results.json").exists():
+                cached = (out / "results.json").exists()
+                if not cached:
                     subprocess.run(cmd, check=True)
                 res = json.loads((out / "results.json").read_text())
                 cfg = (out / "config.yaml").read_text()
@@ -106,7 +127,7 @@ def main() -> int:
                            (out / "metrics.jsonl").read_text().splitlines()]
                 runs.append({"model": mname, "objective": objective, "seed": seed,
                              "clustering_started": any(v == 1.0 for v in started),
-                             "command": shlex.join(cmd), "wall_s": round(time.time() - t0, 1),
+                             "command": shlex.join(cmd), "wall_s": None if cached else round(time.time() - t0, 1),
                              "supervision_saved": "supervision: triplets" in cfg,
                              "best_step": res["best_step"], "stsb_dev": res["stsb_dev"],
                              "steps": res["steps"], "test": res["test"]})
@@ -128,11 +149,20 @@ def main() -> int:
         lines.append(f"| {r['model']} | {name} | {r['seed']} | "
                      + " | ".join(f"{sp[t]:.2f}" for t in TASKS)
                      + f" | {r['test']['avg']:.2f} | {r['stsb_dev']:.2f} ({r['best_step']}) |")
+    lines += ["", "Mean ± std over seeds (sample std; n = number of seeds):", "",
+              ("| model | objective | n | " + " | ".join(SHORT.get(t, t) for t in TASKS)
+               + " | avg | STS-B dev (best) |"),
+              "|---|---|---|" + "---|" * (len(TASKS) + 2)]
+    for key, group in summarise(runs).items():
+        cells = [_pm(group[t]) for t in TASKS] + [_pm(group["avg"]), _pm(group["stsb_dev"])]
+        lines.append(f"| {key[0]} | {key[1]} | {len(group['avg'])} | " + " | ".join(cells)
+                     + " |")
     load = os.getloadavg()
     lines += ["", (f"Shared, loaded machine: load average {load[0]:.1f} / {load[1]:.1f} / "
                    f"{load[2]:.1f} at the end (1 / 5 / 15 min)."), "", "Commands:", ""]
     lines += [f"    {r['command']}" for r in runs]
-    write_results(args.name, {"runs": runs, "loadavg": load, "args": {
+    write_results(args.name, {"runs": runs, "summary": {
+        f"{k[0]}/{k[1]}": v for k, v in summarise(runs).items()}, "loadavg": load, "args": {
         k: str(v) for k, v in vars(args).items()}}, "\n".join(lines))
     return 0
 
