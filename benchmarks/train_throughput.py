@@ -458,7 +458,7 @@ def markdown(payload: dict[str, Any]) -> str:
          f"{statistics.median(payload['mm_gflops']):.0f})."),
     ]
     cores = (payload.get("machine") or {}).get("cores") or os.cpu_count() or 1
-    quiet = max(payload["loadavg_before"][0], payload["loadavg_after"][0]) <= 0.5 * cores
+    quiet = is_quiet(payload["loadavg_before"], payload["loadavg_after"], p["threads"], cores)
 
     def verdict(ok: bool) -> str:
         if not quiet:
@@ -537,14 +537,23 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def is_quiet(load_before: list[float], load_after: list[float], threads: int,
+             cores: int) -> bool:
+    """Whether other work shared the machine: the 1-minute load before the first run, and the
+    one after the last run less the benchmark's own worker threads (which were running up to
+    that moment), are each at most half the cores."""
+    foreign = max(load_before[0], load_after[0] - threads)
+    return foreign <= 0.5 * cores
+
+
 def _auto_notes(cuda: bool, load_before: list[float], load_after: list[float],
                 threads: int) -> list[str]:
     notes = []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if max(load_before[0], load_after[0]) > 0.5 * (cores or 1):
+    if not is_quiet(load_before, load_after, threads, cores or 1):
         notes.append(f"The machine was not quiet: 1-minute load average {load_before[0]} before "
-                     f"and {load_after[0]} after, on {cores} cores with {threads} torch "
-                     f"thread(s) per run. These numbers do not judge the targets; re-run on a "
+                     f"and {load_after[0]} after (own {threads} thread(s) included), on {cores} "
+                     f"cores. These numbers do not judge the targets; re-run on a "
                      f"quiet machine.")
     if not cuda:
         notes.append("GPU mode (`--device cuda`: BERT-base shape, random weights, bf16, MFU) "
