@@ -107,6 +107,36 @@ def test_plan_batches_limits(max_padding: float) -> None:
         assert all(len(set(lengths[b].tolist())) == 1 for b in batches)
 
 
+def test_stable_shapes_plan() -> None:
+    """Row counts from {2^k, 3 * 2^k} (brute force), every index once, longest first, within
+    the bounds; and so few distinct shapes that streaming chunks stop bringing new ones."""
+    import numpy as np
+
+    from csekit.modeling.fast_encode import plan_batches, stable_rows
+
+    allowed = sorted({m * 2 ** k for m in (1, 3) for k in range(12)})
+    for n in range(1, 700):
+        assert stable_rows(n) == max(a for a in allowed if a <= n)
+    rng = np.random.default_rng(1)
+    shapes: set[tuple[int, int]] = set()
+    free: set[tuple[int, int]] = set()
+    for chunk in range(20):
+        lengths = rng.integers(3, 33, 2000)
+        free |= {(len(b), int(lengths[b].max())) for b in plan_batches(lengths, 128, 4096, 0.1)}
+        batches = plan_batches(lengths, 128, 128 * 32, 0.1, stable_shapes=True)
+        flat = np.concatenate(batches)
+        assert sorted(flat.tolist()) == list(range(len(lengths)))
+        assert (np.diff(lengths[flat]) <= 0).all()
+        for b in batches:
+            width = int(lengths[b].max())
+            assert len(b) in allowed and len(b) <= 128
+            assert len(b) == 1 or len(b) * width <= 1.1 * int(lengths[b].sum())
+            shapes.add((len(b), width))
+    rows = {s[0] for s in shapes}
+    assert rows <= set(allowed) and len(rows) <= 14
+    assert len({s[0] for s in free}) > 3 * len(rows)  # what the free plan does over 20 chunks
+
+
 def test_encode_truncation_and_precision(enc_factory) -> None:
     enc = enc_factory(pooler="cls_before_pooler", mlp="none")
     long = " ".join(["word"] * 500)

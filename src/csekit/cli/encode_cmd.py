@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         for chunk in stream.chunks(args.chunk_size):
             emb = enc.encode(chunk, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                              device=device, precision=args.precision,
-                             normalize=True if args.normalize else None, show_progress=False)
+                             normalize=True if args.normalize else None, show_progress=False,
+                             stable_shapes=True)
             if mm is None:
                 mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                                shape=(total, emb.shape[1]))

@@ -320,12 +320,16 @@ class Encoder(nn.Module):
         normalize: bool | None = None,
         show_progress: bool = False,
         max_tokens: int | None = None,
+        stable_shapes: bool = False,
     ) -> torch.Tensor:
         """Embed sentences (eval mode, no gradients) and return them in input order.
 
         Each unique sentence is tokenised and encoded once; sentences are sorted by token
         length so batches carry (almost) no padding, and a batch holds at most ``batch_size``
         sentences, ``max_tokens`` padded tokens (default ``batch_size * 32``) and 10% padding.
+        ``stable_shapes`` takes batch row counts from a small fixed set (see
+        :func:`~csekit.modeling.fast_encode.plan_batches`): for callers that encode many
+        chunks in one process, so that per-shape kernel state stops growing.
 
         Shape: N sentences -> (N, H) float32 on the CPU.
         """
@@ -368,7 +372,7 @@ class Encoder(nn.Module):
             tt_list = None  # all zeros: the backbone's default, no need to build and pass them
         lengths = np.fromiter(map(len, ids_list), dtype=np.int64, count=len(unique))
         budget = max_tokens if max_tokens is not None else batch_size * 32
-        batches = plan_batches(lengths, batch_size, max(budget, 1))
+        batches = plan_batches(lengths, batch_size, max(budget, 1), stable_shapes=stable_shapes)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
         out = torch.empty(len(unique), self.hidden_size, dtype=torch.float32)

@@ -18,8 +18,16 @@ from typing import Any
 import numpy as np
 
 
+def stable_rows(n: int) -> int:
+    """The largest row count <= n of the form 2^k or 3 * 2^k (1, 2, 3, 4, 6, 8, 12, 16, 24, ...)."""
+    if n < 1:
+        raise ValueError(f"row count must be >= 1, got {n}")
+    p = 1 << (n.bit_length() - 1)  # largest power of two <= n
+    return 3 * p // 2 if p >= 2 and 3 * p // 2 <= n else p
+
+
 def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int,
-                 max_padding: float = 0.1) -> list[np.ndarray]:
+                 max_padding: float = 0.1, *, stable_shapes: bool = False) -> list[np.ndarray]:
     """Split indices, sorted longest first, into batches of <= batch_size sentences,
     <= max_tokens padded tokens and at most ``max_padding`` padding (as a fraction of the
     batch's real tokens); a single over-long sentence still gets its own batch.
@@ -27,6 +35,12 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int,
     The padding bound matters for small or length-diverse inputs: 300 random sentences in
     batches of 128 would otherwise pad the shorter ones to the longest of a wide range.
     (Lengths are sorted, so a batch's padding fraction only grows as it takes more sentences.)
+
+    ``stable_shapes`` rounds each batch's row count down to :func:`stable_rows` (the rest is
+    planned again), so batch shapes come from a small fixed set. Streaming encodes need it:
+    oneDNN and the CPU kernels keep per-shape state (primitive cache, scratch buffers), and with
+    arbitrary row counts every new chunk brings new shapes, so memory crept up with the corpus
+    (+74 MB over 20 chunks of 8,192, batch 128, still rising) instead of staying flat.
 
     Shape: lengths (N,) -> list of index arrays.
     """
@@ -41,6 +55,8 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int,
         real = np.cumsum(sorted_len[start:start + cap])
         ks = np.arange(1, cap + 1)
         size = max(1, int(np.count_nonzero(ks * longest <= (1.0 + max_padding) * real)))
+        if stable_shapes:
+            size = stable_rows(size)
         batches.append(order[start:start + size])
         start += size
     return batches
