@@ -28,8 +28,31 @@ PUBLISHED = {
 }
 
 
+SUPERVISED = {"sup-simcse-prompt-bert-base": "bert", "sup-simcse-prompt-roberta-base": "roberta"}
+
+
 def test_all_prompt_recipes_present() -> None:
-    assert {p.stem for p in RECIPES.glob("*.yaml")} == set(PUBLISHED)
+    assert {p.stem for p in RECIPES.glob("*.yaml")} == set(PUBLISHED) | set(SUPERVISED)
+
+
+@pytest.mark.parametrize("name", sorted(SUPERVISED))
+def test_supervised_prompt_recipe(name: str) -> None:
+    """PromptBERT run.sh sup-bert / sup-roberta: NLI triplets, one template (T1) for all three
+    sentences, denoising in training and at test, the head kept; batch 4 x 128, lr 5e-5, 3
+    epochs; the BERT recipe flags its head deviation (org_mlp)."""
+    path = RECIPES / f"{name}.yaml"
+    cfg = TrainConfig.from_yaml(path)
+    cfg.validate(world_size=1)
+    family = SUPERVISED[name]
+    assert (cfg.objective, cfg.supervision, cfg.pooler, cfg.mlp) == (
+        "simcse", "triplets", "prompt", "always")
+    assert (cfg.batch_size, cfg.learning_rate, cfg.epochs, cfg.max_seq_len, cfg.temperature) == (
+        512, pytest.approx(5e-5), 3, 32, 0.05)
+    assert cfg.prompt_denoise and cfg.prompt_eval_denoise and cfg.prompt_eval_period
+    assert cfg.prompt_template == DEFAULT_TEMPLATES[family][0] and cfg.prompt_template2 is None
+    assert cfg.prompt_config().templates == (DEFAULT_TEMPLATES[family][0],)
+    if family == "bert":
+        assert "DEVIATION" in path.read_text() and "org_mlp" in path.read_text()
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

@@ -92,16 +92,87 @@ def test_two_processes_equal_one_with_prompts(tiny_bert_dir: Path, tmp_path: Pat
     assert json.loads((two / "csekit.json").read_text())["pooler"] == "prompt"
 
 
-def test_prompt_with_supervised_triplets_is_refused(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    """Which template the positive and the hard negative take is not settled, so the
-    combination stops with one line before any model is trained (not a silent guess)."""
-    from csekit.errors import ConfigError
+def _nli_table(path: Path, n: int) -> Path:
+    words = ["river", "city", "album", "north", "church", "game", "film", "school"]
+    path.write_text("sent0,sent1,hard_neg\n" + "".join(
+        f"a {words[i % 8]} of {i},the {words[(i + 3) % 8]} {i} was,no {words[(i + 5) % 8]}\n"
+        for i in range(n)), encoding="utf-8")
+    return path
 
-    table = tmp_path / "nli.csv"
-    table.write_text("sent0,sent1,hard_neg\n" + "".join(
-        f"premise {i},entailed {i},contradicted {i}\n" for i in range(40)), encoding="utf-8")
-    cfg = TrainConfig.from_dict(dict(model=str(tiny_bert_dir), train_file=str(table),
-                                     output_dir=str(tmp_path / "o"), pooler="prompt",
-                                     batch_size=8, max_steps=1, progress=False))
-    with pytest.raises(ConfigError, match="prompt trains unsupervised only"):
-        Trainer(cfg)
+
+def test_supervised_prompt_views_layout(tiny_bert_dir: Path) -> None:
+    """Row 3i+k is text k of row i; the anchor in T1, the positive and the hard negative in T2
+    (PromptBERT denoises its third sentence with T2's template state); one template: T1 for all."""
+    from csekit.modeling.prompt import PromptConfig
+
+    rows = [("a b c", "d e", "f"), ("g", "h i j k", "l m")]
+    for templates, want in [(None, [0, 1, 1]), (('The "[X]" is [MASK].',), [0, 0, 0])]:
+        enc = Encoder.from_pretrained(str(tiny_bert_dir), pooler="prompt",
+                                      prompt=PromptConfig(templates=templates))
+        got = enc.prompt.views(rows, 32)
+        assert got["prompt_template"].tolist() == want * 2
+        tok = enc.tokenizer
+        for i, row in enumerate(rows):
+            for k, text in enumerate(row):
+                r = 3 * i + k
+                n = int(got["attention_mask"][r].sum())
+                ids = got["input_ids"][r, :n].tolist()
+                # the template string with the sentence in its slot, tokenised whole
+                filled = enc.prompt.templates[want[k]].replace("[X]", text)
+                assert ids == tok(filled)["input_ids"], (r, tok.decode(ids), filled)
+
+
+def test_supervised_prompt_training_loss_equals_per_text_oracle(tiny_bert_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """csekit train on triplets with --pooler prompt: the first step's loss equals InfoNCE with
+    hard negatives over embeddings computed one text at a time (each in its view's template,
+    denoised with the template state at that text's length), dropout 0, no head."""
+    from csekit.losses import info_nce
+    from csekit.modeling.prompt import PromptConfig
+
+    table = _nli_table(tmp_path / "nli.csv", 8)
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_dict(dict(
+        model=str(tiny_bert_dir), train_file=str(table), output_dir=str(out), progress=False,
+        pooler="prompt", mlp="none", dropout=0.0, batch_size=8, learning_rate=1e-4,
+        max_steps=1, logging_steps=1, eval_steps=1000, seed=2, temperature=0.05,
+        hard_negative_weight=0.5))
+    Trainer(cfg).train()
+    assert "supervision: triplets" in (out / "config.yaml").read_text()
+    first = _losses(out)[0]
+
+    import csv
+
+    with open(table, encoding="utf-8", newline="") as f:
+        rows = [(r["sent0"], r["sent1"], r["hard_neg"]) for r in csv.DictReader(f)]
+    enc = Encoder.from_pretrained(str(tiny_bert_dir), pooler="prompt", mlp="none",
+                                  dropout=0.0, prompt=PromptConfig())
+    enc.train()
+    with torch.no_grad():
+        z = [torch.cat([enc(**enc.prompt.batch([r[k]], 32, templates=[min(k, 1)])) for r in rows])
+             for k in range(3)]
+    want = info_nce(z[0], z[1], temperature=0.05, hard_negatives=z[2], hard_negative_weight=0.5)
+    assert first == pytest.approx(want.item(), abs=1e-5)
+    # and the oracle tells the two apart: a run that dropped z3 would be 100x the tolerance off
+    assert abs(first - info_nce(z[0], z[1], temperature=0.05).item()) > 1e-3
+
+
+@pytest.mark.parametrize("objective", ["clusterns-focal"])
+def test_supervised_prompt_trains_every_objective_kind(objective: str, tiny_bert_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """The cluster + focal path with prompts and triplets: trains, clusters, saves a prompt
+    model whose config keeps the MLP at test time (supervised setting)."""
+    table = _nli_table(tmp_path / "nli.csv", 32)
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_dict(dict(
+        model=str(tiny_bert_dir), train_file=str(table), output_dir=str(out), progress=False,
+        objective=objective, pooler="prompt", mlp="always", batch_size=8, learning_rate=1e-4,
+        max_steps=3, logging_steps=1, eval_steps=1000, seed=1, n_clusters=4,
+        kmeans_start_cosine=1.0))
+    res = Trainer(cfg).train()
+    assert res.steps == 3 and all(torch.isfinite(torch.tensor(res.losses)))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("obj/started") == 1.0 for r in rows)
+    meta = json.loads((out / "csekit.json").read_text())
+    assert meta["pooler"] == "prompt" and meta["mlp"] == "always"
+    assert Encoder.from_pretrained(out).encode(["a b", "c"]).shape == (2, 32)

@@ -297,6 +297,24 @@ class PromptPooling:
         views = [self.view_template(v) for _ in sentences for v in (0, 1)]
         return self.batch(doubled, max_seq_len, templates=views, period=False)
 
+    def views(self, rows: Sequence[Sequence[str]], max_seq_len: int | None) -> dict[str, torch.Tensor]:
+        """Supervised rows of n texts (sent0, sent1[, hard_neg]): row ``n*i + k`` is text k of
+        example i in template :meth:`view_template` (k): the anchor in T1, the positive and the
+        hard negative in T2 (T1 when only one template is set). That is PromptBERT's rule for a
+        third sentence (its ``cl_forward`` denoises view 3 with T2's template state) and
+        :func:`csekit.data.tokenize_views`' row layout.
+
+        Shape: input_ids, attention_mask, prompt_template (n*B, L), (n*B, L), (n*B,).
+        """
+        if not rows:
+            raise ValueError("no rows")
+        n = len(rows[0])
+        if n < 2 or any(len(r) != n for r in rows):
+            raise ValueError(f"every row needs the same number (>= 2) of texts, got {n} first")
+        flat = [text for row in rows for text in row]
+        templates = [self.view_template(k) for _ in rows for k in range(n)]
+        return self.batch(flat, max_seq_len, templates=templates, period=False)
+
     def st_config(self, max_seq_len: int | None) -> dict[str, Any]:
         """T1 as token ids for the sentence-transformers module (csekit_prompt.json)."""
         b = self.bound[0]

@@ -50,21 +50,15 @@ def tokenize_batch(tokenizer: Any, local: Sequence[Any], mode: str,
                    max_seq_len: int, *, prompt: Any = None) -> dict[str, torch.Tensor]:
     """Token tensors of one local shard: (2b, L) unsupervised, (n*b, L) supervised.
 
-    ``prompt``: the encoder's prompt pooling (unsupervised only: view 1 in template T1, view 2
-    in T2, see :func:`csekit.data.tokenize_pairs`)."""
+    ``prompt``: the encoder's prompt pooling. Unsupervised: view 1 in template T1, view 2 in
+    T2 (see :func:`csekit.data.tokenize_pairs`). Supervised: the anchor in T1, the positive and
+    the hard negative in T2, or every text in T1 when one template is set, as PromptBERT's
+    supervised setting does (:meth:`~csekit.modeling.prompt.PromptPooling.views`)."""
     if mode == "unsupervised":
         return tokenize_pairs(tokenizer, local, max_seq_len, prompt=prompt)
-    check_prompt_supported(mode, prompt)  # (the Trainer already refused this at start-up)
+    if prompt is not None:
+        return prompt.views(local, max_seq_len)
     return tokenize_views(tokenizer, local, max_seq_len)
-
-
-def check_prompt_supported(mode: str, prompt: Any) -> None:
-    """The prompt pooler trains unsupervised only, for now: which template the positive and
-    the hard negative of a supervised triplet take is not settled (PromptBERT's supervised
-    setting is not reproduced here), so the combination is refused rather than guessed."""
-    if prompt is not None and mode != "unsupervised":
-        raise ConfigError(f"--pooler prompt trains unsupervised only for now; the training "
-                          f"data gives {mode} (use another pooler, or one sentence a line)")
 
 
 def views(z: torch.Tensor, mode: str) -> tuple[torch.Tensor, ...]:

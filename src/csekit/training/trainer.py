@@ -60,7 +60,6 @@ from csekit.training.rng import get_rng_state, seed_dropout, seed_everything, se
 from csekit.training.signals import StopSignal
 from csekit.training.speed import configure_training_forward
 from csekit.training.supervised import (
-    check_prompt_supported,
     record_mode,
     tokenize_batch,
     views,
@@ -180,7 +179,6 @@ class Trainer:
             text_column=cfg.text_column, dedup=cfg.dedup, on_bad_line=cfg.on_bad_line)
         # the mode chosen from the data (supervised NLI, issue #14) is kept in the config
         self.config = cfg = record_mode(cfg, mode, getattr(self.corpus, "columns", ()))
-        check_prompt_supported(mode, cfg.pooler == "prompt" or None)
         self.batches_per_epoch = self._count_batches()
         if self.batches_per_epoch < 1:
             raise DataError(f"corpus {cfg.train_file} has fewer sentences than one global batch "
