@@ -84,20 +84,20 @@ def test_tf32_only_for_fp32_on_ampere_and_exact_fp32_restores() -> None:
 
 def test_prefetch_on_equals_off_with_dropout(tiny_bert_dir: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    corpus = make_corpus(tmp_path / "c.txt", n=120)  # 7 batches of 16: the run crosses epochs
+    corpus = make_corpus(tmp_path / "c.txt", n=64)  # 4 batches of 16: the run crosses epochs
     runs = {}
     for prefetch in (True, False):
         out = tmp_path / f"p{prefetch}"
-        t = Trainer(config(tiny_bert_dir, corpus, out, max_steps=9, dropout=0.1,
+        t = Trainer(config(tiny_bert_dir, corpus, out, max_steps=5, dropout=0.1,
                            grad_accum_steps=2, prefetch=prefetch, objective="clusterns",
                            n_clusters=4, kmeans_start_cosine=0.99))
         calls = []
         real = t._agree_step
         monkeypatch.setattr(t, "_agree_step", lambda bad: calls.append(1) or real(bad))
         res = t.train()
-        assert len(calls) == res.steps == 9  # one agreement (one collective) per update
-        assert (t.state.epoch, t.state.batches_in_epoch) == (2, 4)  # 18 batches of 7 / epoch
-        runs[prefetch] = (res.losses, load_file(str(out / "checkpoints" / "step-9"
+        assert len(calls) == res.steps == 5  # one agreement (one collective) per update
+        assert (t.state.epoch, t.state.batches_in_epoch) == (2, 2)  # 10 batches of 4 / epoch
+        runs[prefetch] = (res.losses, load_file(str(out / "checkpoints" / "step-5"
                                                    / "model.safetensors")))
     assert runs[True][0] == runs[False][0]
     for k, v in runs[True][1].items():
