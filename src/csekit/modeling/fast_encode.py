@@ -40,7 +40,7 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int,
     planned again), so batch shapes come from a small fixed set. Streaming encodes need it:
     oneDNN and the CPU kernels keep per-shape state (primitive cache, scratch buffers), and with
     arbitrary row counts every new chunk brings new shapes, so memory crept up with the corpus
-    (+74 MB over 20 chunks of 8,192, batch 128, still rising) instead of staying flat.
+    (+74 MB over 20 chunks of 8,192, batch 128, still rising) instead of levelling off.
 
     Shape: lengths (N,) -> list of index arrays.
     """
