@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from csekit.data.fetch import sha256_file  # noqa: F401  (re-exported for the benchmarks)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -70,14 +71,6 @@ def quick_gflops() -> float:
             torch.mm(a, b)
             best = min(best, time.perf_counter() - t)
     return 2 * 2048 * 384 * 1536 / best / 1e9
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
