@@ -88,7 +88,8 @@ def _run(rank: int, world: int, supervised: bool) -> dict[str, list[torch.Tensor
     return rec
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, supervised: bool) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Both modes in one process group (one spawn: starting processes is the slow part)."""
     os.environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     tdist.init_process_group(
@@ -96,17 +97,24 @@ def _worker(rank: int, world: int, port: int, out_dir: str, supervised: bool) ->
     )
     try:
         assert distributed.world_size() == world
-        torch.save(_run(rank, world, supervised), Path(out_dir) / f"rank{rank}.pt")
+        for supervised in (False, True):
+            torch.save(_run(rank, world, supervised),
+                       Path(out_dir) / f"rank{rank}-{int(supervised)}.pt")
     finally:
         tdist.destroy_process_group()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["pairs", "triplets"])
-def runs(request, tmp_path_factory):
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out), request.param), nprocs=WORLD,
-             join=True)
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["pairs", "triplets"])
+def runs(request, spawned):
+    ranks = [torch.load(spawned / f"rank{r}-{int(request.param)}.pt", weights_only=True)
+             for r in range(WORLD)]
     assert not distributed.is_distributed()
     single = _run(0, 1, request.param)
     if request.param:  # the third view really is in the loss
