@@ -94,6 +94,23 @@ def grads(named) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in named if p.grad is not None}
 
 
+def assert_same_losses_and_grads(ours: torch.Tensor, ref: torch.Tensor, model, loss,
+                                 enc: Encoder) -> None:
+    """Loss values to 1e-6; after backward, every backbone and head gradient (1e-6 / 1e-4)."""
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-6)
+    ours.backward()
+    ref.backward()
+    g_st = grads(model[0].auto_model.named_parameters())
+    g_ref = grads(enc.backbone.named_parameters())
+    assert g_st and set(g_st) <= set(g_ref)
+    for n, g in g_st.items():
+        torch.testing.assert_close(g, g_ref[n], atol=1e-6, rtol=1e-4, msg=n)
+    if loss.head is not None:
+        ref_head = dict(enc.head.named_parameters())
+        for n, p in loss.head.named_parameters():
+            torch.testing.assert_close(p.grad, ref_head[n].grad, atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", list(LOSSES))
 @pytest.mark.parametrize("mlp", [True, False])
 def test_loss_equals_csekit_objective(st_folder: Path, name: str, mlp: bool) -> None:
@@ -106,18 +123,7 @@ def test_loss_equals_csekit_objective(st_folder: Path, name: str, mlp: bool) -> 
             p.grad = None
         ours = loss(st_features(model, batch), None)
         ref = csekit_loss(enc, objective, batch)
-        assert ours.item() == pytest.approx(ref.item(), abs=1e-6)
-        ours.backward()
-        ref.backward()
-        g_st = grads(model[0].auto_model.named_parameters())
-        g_ref = grads(enc.backbone.named_parameters())
-        assert g_st and set(g_st) <= set(g_ref)
-        for n, g in g_st.items():
-            torch.testing.assert_close(g, g_ref[n], atol=1e-6, rtol=1e-4, msg=n)
-        if mlp:
-            for n, p in loss.head.named_parameters():
-                torch.testing.assert_close(p.grad, dict(enc.head.named_parameters())[n].grad,
-                                           atol=1e-6, rtol=1e-4)
+        assert_same_losses_and_grads(ours, ref, model, loss, enc)
         if name.startswith("clusterns"):
             assert loss.objective.started and objective.started
             torch.testing.assert_close(loss.objective.centroids, objective.centroids,
@@ -235,17 +241,7 @@ def test_three_columns_equal_csekit_supervised_path(st_folder: Path, name: str) 
         inputs = tokenize_views(enc.tokenizer, list(zip(a, p, n)), max_seq_len=128)
         z1, z2, z3 = split_views(enc(**inputs), 3)
         ref = objective(z1, z2, z3).loss
-        assert ours.item() == pytest.approx(ref.item(), abs=1e-6)
-        ours.backward()
-        ref.backward()
-        g_st = grads(model[0].auto_model.named_parameters())
-        g_ref = grads(enc.backbone.named_parameters())
-        assert g_st and set(g_st) <= set(g_ref)
-        for k, g in g_st.items():
-            torch.testing.assert_close(g, g_ref[k], atol=1e-6, rtol=1e-4, msg=k)
-        for k, q in loss.head.named_parameters():
-            torch.testing.assert_close(q.grad, dict(enc.head.named_parameters())[k].grad,
-                                       atol=1e-6, rtol=1e-4)
+        assert_same_losses_and_grads(ours, ref, model, loss, enc)
     # the hard negatives really enter the loss: without the third column there are B
     # candidates per row instead of 2B (near log(B+1) against log(2B+1) for this tiny model)
     pairs_only = loss([dict(prep(a)), dict(prep(p))], None)
