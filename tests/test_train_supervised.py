@@ -22,6 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from test_train import WORDS, _stop_after
+from test_train import config as base_config
 
 from csekit.errors import ConfigError
 from csekit.training import TrainConfig, Trainer
@@ -48,11 +49,9 @@ def make_nli(path: Path, n: int = 64, *, hard_is_positive: bool = False, pairs: 
 
 
 def config(tiny: Path, data: Path, out: Path, **kw: object) -> TrainConfig:
-    base = dict(model=str(tiny), train_file=str(data), output_dir=str(out), batch_size=16,
-                learning_rate=3e-3, max_steps=8, eval_steps=1000, logging_steps=1,
-                progress=False, pooler="cls", mlp="always", seed=7)
-    base.update(kw)
-    return TrainConfig.from_dict(base)
+    """test_train's config with supervised SimCSE's pooling ([CLS] + head kept) and a higher lr."""
+    return base_config(tiny, data, out, **{"learning_rate": 3e-3, "eval_steps": 1000,
+                                           "pooler": "cls", "mlp": "always", **kw})
 
 
 def test_hard_negative_equal_to_positive_keeps_the_loss_above_log2(tiny_bert_dir: Path,
