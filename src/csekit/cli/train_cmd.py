@@ -96,6 +96,9 @@ HELP: dict[str, str] = {
     "length_subbatches": "run each training forward as up to N length-sorted sub-batches, "
                          "each padded to its own longest sentence (same maths); 1: one padded batch",
     "compile": "torch.compile the backbone for training",
+    "lean_forward": "BERT/RoBERTa training forward with stacked Q/K/V and, for [CLS] pooling, "
+                    "only position 0 in the last layer (same maths; --no-lean-forward: "
+                    "transformers' forward)",
     "eval_steps": "evaluate STS-B dev every N steps (published: 125)",
     "eval_batch_size": "batch size of evaluation encoding",
     "patience": "early stopping after N evaluations without improvement (ClusterNS: 3)",

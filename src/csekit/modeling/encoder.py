@@ -34,6 +34,7 @@ from csekit.modeling.prompt import PromptConfig, PromptPooling
 from csekit.modeling.resolve import check_transformer_dir, resolve_model_dir
 from csekit.modeling.st_format import read_st_modules, write_st_modules
 from csekit.modeling.subbatch import forward_length_subbatched, part_cost_for_width
+from csekit.modeling.train_forward import lean_last_hidden, lean_unsupported
 from csekit.precision import autocast_context
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,12 @@ class Encoder(nn.Module):
         # Trainer sets it from TrainConfig.length_subbatches.
         self.length_subbatches = 1
         self.subbatch_part_cost = part_cost_for_width(hidden)  # tokens per extra sub-batch
+        # Train-mode forward through csekit.modeling.train_forward (stacked QKV, no dead work
+        # in the last layer for [CLS] pooling) where it covers the backbone; the Trainer sets
+        # it from TrainConfig.lean_forward. lean_reason: why it cannot (None: it can).
+        self.lean_forward = False
+        self.lean_reason: str | None = lean_unsupported(backbone) if backend == "hf" else \
+            "the native inference backend"
         # The backbone's own pooler (BERT's Linear+Tanh) when no forward uses it: kept out of
         # the module tree (not run, not a parameter, so no unused parameter under DDP) and put
         # back for saving, so a saved folder keeps the checkpoint's pooler weights.
@@ -282,6 +289,9 @@ class Encoder(nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         if self.pooler == "cls" and self.head is None:
             self._attach_backbone_pooler()
+        if (self.training and self.lean_forward and self.lean_reason is None
+                and not need_hidden and self.prompt is None):
+            return self._forward_lean(kwargs, attention_mask)
         out = self.backbone(**kwargs, output_hidden_states=need_hidden, return_dict=True)
         if self.pooler == "cls" and self.head is None:
             return out.pooler_output
@@ -291,6 +301,18 @@ class Encoder(nn.Module):
             pooled = pool_tokens(self.pooler, out.last_hidden_state, attention_mask,
                                  out.hidden_states if need_hidden else None)
         if self.head is not None and (self.mlp == "always" or (self.mlp == "train" and self.training)):
+            pooled = self.head(pooled)
+        return pooled
+
+    def _forward_lean(self, kwargs: dict[str, Any], attention_mask: torch.Tensor) -> torch.Tensor:
+        """``_forward_rows`` through :func:`lean_last_hidden` (train mode, no prompt)."""
+        cls_only = self.pooler in ("cls", "cls_before_pooler")
+        last = lean_last_hidden(self.backbone, kwargs["input_ids"], kwargs["attention_mask"],
+                                kwargs.get("token_type_ids"), cls_only=cls_only)
+        if self.pooler == "cls" and self.head is None:
+            return self.backbone.pooler(last)  # BERT's pooler reads position 0 only
+        pooled = pool_tokens(self.pooler, last, attention_mask)
+        if self.head is not None and self.mlp in ("always", "train"):
             pooled = self.head(pooled)
         return pooled
 

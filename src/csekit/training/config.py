@@ -122,6 +122,9 @@ class TrainConfig:
     # until a quiet machine shows a gain: on the loaded one, 4 was slower (docs/training_speed.md)
     length_subbatches: int = 1
     compile: bool = False  # torch.compile the backbone (did not pay on CPU when measured)
+    # BERT / RoBERTa train forward through csekit.modeling.train_forward (stacked QKV; [CLS]
+    # pooling computes only position 0 in the last layer); off for other backbones and prompts
+    lean_forward: bool = True
     # --- evaluation, early stopping
     eval_steps: int = 125
     eval_batch_size: int = 128

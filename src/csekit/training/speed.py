@@ -9,6 +9,9 @@
   train mode (under a forked RNG, so the run's dropout masks are not shifted), and only a
   model with parameters left without a gradient turns the walk on. Under one process it is
   not needed (no DDP) and the probe is skipped.
+- **The lean forward** (``TrainConfig.lean_forward``, :mod:`csekit.modeling.train_forward`):
+  stacked Q/K/V and, for [CLS] pooling, only position 0 in the last layer. Off under
+  ``compile`` (the compiled module's forward would not be the one that runs).
 - ``torch.compile`` of the backbone (``TrainConfig.compile``), in place (``Module.compile``),
   so that parameter names, checkpoints and saved folders are unchanged. Off by default: on
   the 2-core CPU it did not pay (see ``docs/training_speed.md``).
@@ -64,6 +67,10 @@ def configure_training_forward(encoder: Any, config: Any, *, ddp_kwargs: Any,
     ``config.compile``.
     """
     encoder.length_subbatches = int(config.length_subbatches)
+    # torch.compile wraps the backbone's forward, which the lean forward does not call
+    encoder.lean_forward = bool(getattr(config, "lean_forward", True)) and not config.compile
+    if encoder.lean_forward and encoder.lean_reason is not None:
+        logger.info("lean training forward off: %s", encoder.lean_reason)
     if world_size > 1:
         unused = unused_parameters(encoder)
         ddp_kwargs.find_unused_parameters = bool(unused)

@@ -1,0 +1,213 @@
+"""The lean training forward (csekit.modeling.train_forward, issue #17) against transformers.
+
+Oracles: ``backbone(...).last_hidden_state`` of the same BertModel / RobertaModel in train mode
+(float64, dropout 0): the lean forward must give the same states, and the same gradient of every
+parameter, padded and unpadded; with ``cls_only`` the same position-0 state. With dropout on, the
+distribution of the outputs over many draws must match transformers' (mean and spread per
+element), with the attention-probability and hidden dropout rates set apart so that swapping
+or dropping one of them shows. Through the Encoder: the same loss and gradients as the
+transformers forward for every pooler the lean path serves, with and without sub-batches.
+Mutations checked by hand: omitting the residual of the attention block, taking the hidden rate
+for the attention probabilities, and running the last layer's feed-forward on every position but
+returning position 1: each fails a test below.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+from csekit.data import split_views, tokenize_pairs
+from csekit.modeling.encoder import Encoder
+from csekit.modeling.train_forward import lean_last_hidden, lean_unsupported
+from csekit.objectives import build_objective
+
+
+def _model(kind: str, *, hidden_p: float = 0.0, attn_p: float = 0.0, seed: int = 0):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                  intermediate_size=48, max_position_embeddings=40,
+                  hidden_dropout_prob=hidden_p, attention_probs_dropout_prob=attn_p)
+    if kind == "bert":
+        model = BertModel(BertConfig(**common, type_vocab_size=2), add_pooling_layer=True)
+    else:
+        model = RobertaModel(RobertaConfig(**common, type_vocab_size=1, pad_token_id=1),
+                             add_pooling_layer=True)
+    return model.double().train()
+
+
+def _batch(kind: str, lengths: list[int], seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    pad = 0 if kind == "bert" else 1
+    ids = torch.randint(3, 60, (len(lengths), width), generator=g)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    ids = ids.masked_fill(mask == 0, pad)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if kind == "bert":
+        out["token_type_ids"] = torch.randint(0, 2, ids.shape, generator=g) * mask
+    return out
+
+
+def _grads(model: torch.nn.Module, out: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    (out * weights).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_lean_equals_transformers_at_dropout_0(kind: str, padded: bool) -> None:
+    model = _model(kind)
+    assert lean_unsupported(model) is None
+    batch = _batch(kind, [7, 3, 9, 9, 1] if padded else [6, 6, 6])
+    mask = batch["attention_mask"] if padded else None
+    kwargs = {k: v for k, v in batch.items() if k != "attention_mask"}
+    ref = model(**kwargs, attention_mask=mask).last_hidden_state
+    weights = torch.randn(ref.shape, dtype=ref.dtype, generator=torch.Generator().manual_seed(5))
+    valid = batch["attention_mask"].unsqueeze(-1).to(ref.dtype)  # padded positions: not used
+    g_ref = _grads(model, ref * valid, weights)
+
+    lean = lean_last_hidden(model, batch["input_ids"], mask, batch.get("token_type_ids"))
+    torch.testing.assert_close(lean * valid, ref.detach() * valid, rtol=0, atol=1e-12)
+    g = _grads(model, lean * valid, weights)
+    assert g.keys() == g_ref.keys() and len(g) > 0
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-12, msg=name)
+
+    # cls_only: the last layer computes position 0 alone, with the same value and gradients
+    cls = lean_last_hidden(model, batch["input_ids"], mask, batch.get("token_type_ids"),
+                           cls_only=True)
+    assert cls.shape == (ref.shape[0], 1, ref.shape[2])
+    torch.testing.assert_close(cls[:, 0], ref.detach()[:, 0], rtol=0, atol=1e-12)
+    g_ref0 = _grads(model, model(**kwargs, attention_mask=mask).last_hidden_state[:, :1],
+                    weights[:, :1])
+    g0 = _grads(model, lean_last_hidden(model, batch["input_ids"], mask,
+                                        batch.get("token_type_ids"), cls_only=True),
+                weights[:, :1])
+    assert g0.keys() == g_ref0.keys()
+    for name in g_ref0:
+        torch.testing.assert_close(g0[name], g_ref0[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_lean_dropout_has_transformers_distribution(kind: str) -> None:
+    """Mean and spread of every output element over 600 draws, lean vs transformers."""
+    model = _model(kind, hidden_p=0.1, attn_p=0.4, seed=2)
+    model.float()
+    batch = _batch(kind, [6, 4, 6], seed=3)
+    kwargs = dict(batch)
+    n = 600
+    torch.manual_seed(11)
+    with torch.no_grad():
+        ref = torch.stack([model(**kwargs).last_hidden_state for _ in range(n)])
+        lean = torch.stack([lean_last_hidden(model, batch["input_ids"], batch["attention_mask"],
+                                             batch.get("token_type_ids"))
+                            for _ in range(n)])
+    valid = batch["attention_mask"].bool()
+    ref, lean = ref[:, valid], lean[:, valid]  # (draws, real tokens, H)
+    assert not torch.allclose(lean[0], lean[1])  # dropout is on
+    # the standard error of a mean over n draws is std / sqrt(n); allow 5 of them
+    se = ref.std(0) / n ** 0.5
+    z = ((lean.mean(0) - ref.mean(0)).abs() / (se * 2 ** 0.5)).mean()
+    assert z < 1.2, f"mean |z| {z:.2f}"  # about 0.8 for two samples of one distribution
+    ratio = (lean.std(0) / ref.std(0)).median()
+    assert 0.93 < ratio < 1.07, f"spread ratio {ratio:.3f}"
+    model.eval()  # eval mode: no dropout, lean == transformers exactly
+    with torch.no_grad():
+        e_ref = model(**kwargs).last_hidden_state
+        e_lean = lean_last_hidden(model, batch["input_ids"], batch["attention_mask"],
+                                  batch.get("token_type_ids"))
+    torch.testing.assert_close(e_lean[valid], e_ref[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_configurations_are_named() -> None:
+    model = _model("bert")
+    model.config.position_embedding_type = "relative_key"
+    assert "relative_key" in lean_unsupported(model)
+    model = _model("bert")
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    assert "checkpointing" in lean_unsupported(model)
+    assert "model type" in lean_unsupported(_fake_distil())
+
+
+def _fake_distil():
+    class Fake(torch.nn.Module):
+        config = type("C", (), {"model_type": "distilbert"})()
+    return Fake()
+
+
+WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "city",
+         "river", "music", "war"]
+
+
+def _sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 18))) for _ in range(n)]
+    for i in range(1, n, 4):
+        out[i] = "river"
+    return out
+
+
+@pytest.mark.parametrize("pooler,mlp", [("cls", "train"), ("avg", "none"),
+                                        ("cls_before_pooler", "none"), ("cls", "none")])
+@pytest.mark.parametrize("parts", [1, 4])
+def test_encoder_lean_forward_equals_transformers_forward(tiny_bert_dir: Path, pooler: str,
+                                                          mlp: str, parts: int) -> None:
+    torch.manual_seed(3)
+    enc = Encoder.from_pretrained(str(tiny_bert_dir), pooler=pooler, mlp=mlp, dropout=0.0)
+    enc = enc.double().train()
+    enc.subbatch_part_cost = 4
+    enc.length_subbatches = parts
+    assert enc.lean_reason is None
+    inputs = tokenize_pairs(enc.tokenizer, _sentences(20), max_seq_len=16)
+    objective = build_objective("simcse", temperature=0.05)
+
+    def run(lean: bool):
+        enc.lean_forward = lean
+        enc.zero_grad(set_to_none=True)
+        z = enc(**inputs)
+        loss = objective(*split_views(z)).loss
+        loss.backward()
+        return z.detach(), loss.detach(), {n: p.grad.clone() for n, p in enc.named_parameters()
+                                           if p.grad is not None}
+
+    z_ref, loss_ref, g_ref = run(False)
+    z, loss, g = run(True)
+    torch.testing.assert_close(z, z_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(loss, loss_ref, rtol=0, atol=1e-12)
+    assert g.keys() == g_ref.keys() and len(g) > 0
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_encoder_lean_forward_only_where_it_applies(tiny_bert_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from csekit.modeling import encoder as encoder_mod
+    calls: list[bool] = []
+    real = encoder_mod.lean_last_hidden
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        calls.append(bool(k.get("cls_only")))
+        return real(*a, **k)
+
+    monkeypatch.setattr(encoder_mod, "lean_last_hidden", spy)
+    inputs = tokenize_pairs(Encoder.from_pretrained(str(tiny_bert_dir)).tokenizer,
+                            _sentences(4), max_seq_len=16)
+    enc = Encoder.from_pretrained(str(tiny_bert_dir), pooler="avg_first_last", mlp="none")
+    enc.lean_forward = True
+    enc.train()(**inputs)
+    assert not calls  # needs every layer's states: transformers' forward
+    enc = Encoder.from_pretrained(str(tiny_bert_dir), pooler="cls", mlp="train")
+    enc.lean_forward = True
+    with torch.no_grad():
+        enc.eval()(**inputs)
+    assert not calls  # eval mode: never
+    enc.train()(**inputs)
+    assert calls == [True]
