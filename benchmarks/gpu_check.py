@@ -73,7 +73,7 @@ def train_part(model: Path, work: Path, device: str, batches: list[int], steps: 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4
     for batch in batches:
         res: dict[str, Any] = {}
-        for config in ("simcse", "clusterns"):
+        for config in ("simcse", "simcse-hf", "clusterns"):  # -hf: transformers' forward
             spec = {"model": str(model), "train_file": str(corpus), "batch_size": batch,
                     "seq_len": 32, "steps": steps, "warmup": warmup, "threads": threads,
                     "precision": "bf16", "device": device, "config": config}
@@ -86,6 +86,7 @@ def train_part(model: Path, work: Path, device: str, batches: list[int], steps: 
                   flush=True)
         s, c = res["simcse"], res["clusterns"]
         res["clusterns_step_overhead"] = c["step_s_median"] / s["step_s_median"] - 1
+        res["lean_speedup_over_hf_forward"] = res["simcse-hf"]["step_s_median"] / s["step_s_median"]
         res["clusterns_objective_overhead"] = ((c["objective_ms"] - s["objective_ms"]) / 1e3
                                                / s["step_s_median"])
         res["epoch_minutes_at_this_rate"] = WIKI1M_STEPS * 64 / s["sentences_per_s"] / 60
@@ -157,7 +158,7 @@ def markdown(p: dict[str, Any]) -> str:
                   "| batch | objective | sentences/s | step ms (median) | MFU | peak GPU MiB |",
                   "|---|---|---|---|---|---|"]
         for b, res in tr["by_batch"].items():
-            for c in ("simcse", "clusterns"):
+            for c in ("simcse", "simcse-hf", "clusterns"):
                 r = res[c]
                 mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
                 lines.append(f"| {b} | {c} | {r['sentences_per_s']:.0f} | "
@@ -168,7 +169,8 @@ def markdown(p: dict[str, Any]) -> str:
             lines.append(f"- batch {b}: ClusterNS step overhead {res['clusterns_step_overhead']:+.1%}"
                          f" (objective alone {res['clusterns_objective_overhead']:+.1%}); one "
                          f"wiki1m epoch (15,625 x 64) at the SimCSE rate: "
-                         f"{res['epoch_minutes_at_this_rate']:.1f} min")
+                         f"{res['epoch_minutes_at_this_rate']:.1f} min; lean forward "
+                         f"{res['lean_speedup_over_hf_forward']:.2f}x transformers' forward")
         t = p.get("targets", {})
         if t:
             lines += ["", "Targets (batch 64): " + "; ".join(

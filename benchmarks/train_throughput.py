@@ -30,8 +30,11 @@ batch are recorded). Both use torch's fused AdamW.
 
 Configurations: ``st-mnrl`` (the peer), ``simcse``, ``focal``, ``clusterns``,
 ``clusterns-focal`` (csekit with its defaults), and csekit variants for ablations:
-``simcse-subbatch`` (``length_subbatches`` 4: length-sorted sub-batches; the default is 1)
-and ``simcse-compile`` (``compile``: torch.compile of the backbone).
+``simcse-hf`` (transformers' forward, one padded batch: csekit before issue #17's forward
+changes), ``simcse-subbatch`` (transformers' forward, 4 length-sorted sub-batches),
+``simcse-lean1`` (the lean forward, one padded batch) and ``simcse-compile`` (``compile``:
+torch.compile of the backbone, which turns the lean forward off). csekit's defaults on CPU
+are the lean forward on 4 length-sorted sub-batches.
 
 ClusterNS variants are forced to start clustering on the first step (``kmeans_start_cosine
 1.0``, ``n_clusters = min(128, batch)``), so every timed step runs the clustering path. An
@@ -74,12 +77,14 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks._common import machine_info, quick_gflops, shared_root, write_results
 
-CONFIGS = ("st-mnrl", "simcse", "focal", "clusterns", "clusterns-focal", "simcse-subbatch",
-           "simcse-compile")
+CONFIGS = ("st-mnrl", "simcse", "focal", "clusterns", "clusterns-focal", "simcse-hf",
+           "simcse-subbatch", "simcse-lean1", "simcse-compile")
 # csekit variants: (objective, TrainConfig options)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "simcse-subbatch": ("simcse", {"length_subbatches": 4}),
-    "simcse-compile": ("simcse", {"compile": True}),
+    "simcse-hf": ("simcse", {"lean_forward": False, "length_subbatches": 1}),
+    "simcse-subbatch": ("simcse", {"lean_forward": False, "length_subbatches": 4}),
+    "simcse-lean1": ("simcse", {"length_subbatches": 1}),
+    "simcse-compile": ("simcse", {"compile": True, "length_subbatches": 1}),
 }
 SPEED_TARGET = 1.5  # csekit SimCSE / sentence-transformers MNRL, same precision (issue #17)
 CLUSTERNS_TARGET = 0.03  # ClusterNS step overhead over SimCSE
@@ -168,10 +173,25 @@ def step_flops(shape: dict[str, int], batch: int, seq_len: float) -> float:
     return group_flops(shape, [(2 * batch, seq_len)])
 
 
-def group_flops(shape: dict[str, int], groups: list[tuple[int, float]]) -> float:
-    """Training FLOPs of forward + backward over groups of (rows, padded length)."""
-    dense = 6.0 * shape["non_embedding_params"] * sum(r * n for r, n in groups)
-    attention = 12.0 * shape["layers"] * shape["hidden"] * sum(r * n**2 for r, n in groups)
+def group_flops(shape: dict[str, int], groups: list[tuple[int, float]],
+                cls_only_last: bool = False) -> float:
+    """Training FLOPs of forward + backward over groups of (rows, padded length).
+
+    ``cls_only_last``: the lean forward's [CLS] pooling, whose last layer computes keys and
+    values for every token but the query, attention output, projection, LayerNorms and
+    feed-forward for position 0 only; its FLOPs are counted as that work (the skipped work
+    is not model FLOPs the step needs, and counting it would inflate the MFU).
+    """
+    layers, h = shape["layers"], shape["hidden"]
+    per_layer = shape["non_embedding_params"] / layers
+    tokens = sum(r * n for r, n in groups)
+    full = layers - 1 if cls_only_last else layers
+    dense = 6.0 * per_layer * full * tokens
+    attention = 12.0 * full * h * sum(r * n**2 for r, n in groups)
+    if cls_only_last:
+        kv = 2 * (h * h + h)  # key and value projections, every token
+        dense += 6.0 * (kv * tokens + (per_layer - kv) * sum(r for r, _ in groups))
+        attention += 12.0 * h * tokens  # one query per row against its n keys
     return dense + attention
 
 
@@ -230,6 +250,10 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
     return {**clock.result(start, spec["warmup"]), "losses": result.losses,
             "rss_before_train_mb": rss_before, "clustering_started": started,
             "length_subbatches": n_sub, "compiled": bool(cfg.compile),
+            "lean_forward": bool(trainer._unwrapped().lean_forward),
+            "cls_only_last": bool(trainer._unwrapped().lean_forward
+                                  and trainer._unwrapped().lean_reason is None
+                                  and cfg.pooler in ("cls", "cls_before_pooler")),
             "fused_adamw": bool(getattr(trainer.optimizer, "optimizer", trainer.optimizer)
                                 .defaults.get("fused")),
             "objective_ms": _time_objective(objective, batch, trainer.encoder.hidden_size,
@@ -383,7 +407,8 @@ def summarise(runs: list[dict[str, Any]], batch: int, shape: dict[str, int],
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     real = [t for r in runs for t in r["real_tokens"]]
     padded = [sum(rows * n for rows, n in g) for r in runs for g in r["groups"]]
-    flops = statistics.mean(group_flops(shape, [tuple(x) for x in g])  # type: ignore[misc]
+    flops = statistics.mean(group_flops(shape, [tuple(x) for x in g],  # type: ignore[misc]
+                                        bool(r.get("cls_only_last")))
                             for r in runs for g in r["groups"])
     out: dict[str, Any] = {
         "runs": len(runs), "step_s_median": med, "step_s_per_run": per_run,
@@ -579,7 +604,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="comma list of fp32, bf16, fp16 (default fp32 on cpu, bf16 on cuda); "
                          "each configuration runs at each precision (like against like)")
     ap.add_argument("--precision", default=None, help=argparse.SUPPRESS)  # old spelling
-    ap.add_argument("--configs", default="st-mnrl,simcse,simcse-subbatch,clusterns",
+    ap.add_argument("--configs", default="st-mnrl,simcse,simcse-hf,clusterns",
                     help=f"comma list of {', '.join(CONFIGS)} (st-mnrl and simcse are required)")
     ap.add_argument("--corpus", type=Path, default=None)
     ap.add_argument("--peak-tflops", type=float, default=None,

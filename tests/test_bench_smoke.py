@@ -44,7 +44,7 @@ def _spec(model: Path, sample: Path, config: str, tmp: Path) -> dict:
             "config": config, "workdir": str(tmp)}
 
 
-@pytest.mark.parametrize("config", ["simcse", "clusterns-focal", "simcse-subbatch"])
+@pytest.mark.parametrize("config", ["simcse", "clusterns-focal", "simcse-hf"])
 def test_csekit_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp_path: Path,
                                           config: str) -> None:
     out = _bench().run_csekit(_spec(tiny_bert_dir, sample, config, tmp_path))
@@ -56,7 +56,9 @@ def test_csekit_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp
                                    strict=True):
         assert sum(r for r, _ in groups) == 8 and max(n for _, n in groups) == width
         assert real <= sum(r * n for r, n in groups) <= 8 * width
-    assert out["length_subbatches"] == (4 if config == "simcse-subbatch" else 1)
+    # csekit's CPU defaults (lean forward, 4 sub-batches) against the transformers forward
+    assert out["length_subbatches"] == (1 if config == "simcse-hf" else 4)
+    assert out["lean_forward"] is (config != "simcse-hf")
     assert len(out["losses"]) == 3
     assert out["clustering_started"] is True
     assert out["objective_ms"] > 0 and out["peak_rss_mb"] >= 1
@@ -85,6 +87,14 @@ def test_step_flops_bert_base() -> None:
     want = (6 * 12 * 7_087_872 * (100 * 20 + 28 * 32)
             + 12 * 768 * 12 * (100 * 20**2 + 28 * 32**2))
     assert bench.group_flops(shape, g) == pytest.approx(want, rel=1e-12)
+    # the lean [CLS] forward: 11 full layers; the last one projects keys and values for every
+    # token and runs everything else for one token per row, one query against n keys
+    per_layer, kv = 7_087_872, 2 * (768 * 768 + 768)
+    want_cls = (6 * 11 * per_layer * (100 * 20 + 28 * 32)
+                + 12 * 768 * 11 * (100 * 20**2 + 28 * 32**2)
+                + 6 * kv * (100 * 20 + 28 * 32) + 6 * (per_layer - kv) * 128
+                + 12 * 768 * (100 * 20 + 28 * 32))
+    assert bench.group_flops(shape, g, cls_only_last=True) == pytest.approx(want_cls, rel=1e-12)
 
 
 def test_judge_on_medians() -> None:

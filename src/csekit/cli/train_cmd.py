@@ -94,7 +94,8 @@ HELP: dict[str, str] = {
     "seed": "random seed (published: 42)",
     "skip_nonfinite": "skip updates whose loss is NaN/inf instead of stopping",
     "length_subbatches": "run each training forward as up to N length-sorted sub-batches, "
-                         "each padded to its own longest sentence (same maths); 1: one padded batch",
+                         "each padded to its own longest sentence (same maths); 1: one padded "
+                         "batch; default 4 on CPU, 1 on GPU (not measured there yet)",
     "compile": "torch.compile the backbone for training",
     "lean_forward": "BERT/RoBERTa training forward with stacked Q/K/V and, for [CLS] pooling, "
                     "only position 0 in the last layer (same maths; --no-lean-forward: "

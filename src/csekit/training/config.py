@@ -118,9 +118,10 @@ class TrainConfig:
     seed: int = 42
     skip_nonfinite: bool = False
     # --- training-step speed (issue #17; same maths, see docs/training_speed.md)
-    # train forward as up to N length-sorted sub-batches; 1 (default): one padded batch. Off
-    # until a quiet machine shows a gain: on the loaded one, 4 was slower (docs/training_speed.md)
-    length_subbatches: int = 1
+    # train forward as up to N length-sorted sub-batches; 1: one padded batch; None (default):
+    # 4 on CPU, where a quiet machine measured the gain, 1 on accelerators until gpu_check.sh
+    # has measured it there (docs/training_speed.md)
+    length_subbatches: int | None = None
     compile: bool = False  # torch.compile the backbone (did not pay on CPU when measured)
     # BERT / RoBERTa train forward through csekit.modeling.train_forward (stacked QKV; [CLS]
     # pooling computes only position 0 in the last layer); off for other backbones and prompts
@@ -280,8 +281,10 @@ class TrainConfig:
             raise ConfigError("no training corpus: give --train-file FILE (one sentence a line, "
                               "or a .csv/.tsv/.jsonl/.parquet of NLI pairs or triplets)")
         for name in ("batch_size", "max_seq_len", "eval_steps", "grad_accum_steps", "epochs",
-                     "logging_steps", "eval_batch_size", "length_subbatches"):
+                     "logging_steps", "eval_batch_size"):
             _positive(name, getattr(cfg, name))
+        if cfg.length_subbatches is not None:
+            _positive("length_subbatches", cfg.length_subbatches)
         if cfg.max_steps is not None:
             _positive("max_steps", cfg.max_steps)
         _positive("save_steps", cfg.save_steps)

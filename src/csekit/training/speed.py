@@ -57,16 +57,30 @@ def unused_parameters(encoder: nn.Module) -> list[str]:
         encoder.train(was_training)
 
 
+# Sub-batches when TrainConfig.length_subbatches is None, by device type: measured on CPU
+# (docs/training_speed.md); on accelerators each split costs one host sync for the lengths and
+# more kernel launches, unmeasured until benchmarks/gpu_check.sh runs, so one batch there.
+AUTO_LENGTH_SUBBATCHES: dict[str, int] = {"cpu": 4}
+
+
+def resolve_length_subbatches(value: int | None, device: Any = "cpu") -> int:
+    """``value`` when set, else the measured default for ``device``'s type (1 if none)."""
+    if value is not None:
+        return int(value)
+    return AUTO_LENGTH_SUBBATCHES.get(torch.device(device).type, 1)
+
+
 def configure_training_forward(encoder: Any, config: Any, *, ddp_kwargs: Any,
-                               world_size: int) -> None:
+                               world_size: int, device: Any = "cpu") -> None:
     """Apply the speed settings of ``config`` to ``encoder`` before Accelerate prepares it.
 
-    Sets ``encoder.length_subbatches``; sets ``ddp_kwargs.find_unused_parameters`` (the
+    Sets ``encoder.length_subbatches`` (:func:`resolve_length_subbatches` for ``device``) and
+    ``encoder.lean_forward``; sets ``ddp_kwargs.find_unused_parameters`` (the
     ``DistributedDataParallelKwargs`` handed to the Accelerator, read when it wraps the model)
     from :func:`unused_parameters` when ``world_size`` > 1; compiles the backbone in place when
     ``config.compile``.
     """
-    encoder.length_subbatches = int(config.length_subbatches)
+    encoder.length_subbatches = resolve_length_subbatches(config.length_subbatches, device)
     # torch.compile wraps the backbone's forward, which the lean forward does not call
     encoder.lean_forward = bool(getattr(config, "lean_forward", True)) and not config.compile
     if encoder.lean_forward and encoder.lean_reason is not None:
@@ -83,4 +97,5 @@ def configure_training_forward(encoder: Any, config: Any, *, ddp_kwargs: Any,
         logger.info("torch.compile: backbone compiled (dynamic shapes)")
 
 
-__all__ = ["configure_training_forward", "unused_parameters"]
+__all__ = ["AUTO_LENGTH_SUBBATCHES", "configure_training_forward", "resolve_length_subbatches",
+           "unused_parameters"]

@@ -189,7 +189,7 @@ class Trainer:
                                                trust_remote_code=cfg.trust_remote_code,
                                                prompt=cfg.prompt_config())
         configure_training_forward(self.encoder, cfg, ddp_kwargs=self._ddp_kwargs,
-                                   world_size=self.world)
+                                   world_size=self.world, device=self.accelerator.device)
         self.objective.to(self.accelerator.device)
         if cfg.max_steps is not None:
             self.total_steps = cfg.max_steps
