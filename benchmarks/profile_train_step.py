@@ -56,7 +56,8 @@ def _family(name: str) -> str:
 
 
 def build_trainer(model: str, train_file: Path, out: Path, batch: int, seq_len: int,
-                  precision: str, steps: int, subbatches: int | None) -> Any:
+                  precision: str, steps: int, subbatches: int | None,
+                  pooler: str = "cls") -> Any:
     from csekit.training import TrainConfig, Trainer
 
     extra: dict[str, Any] = {}
@@ -66,7 +67,8 @@ def build_trainer(model: str, train_file: Path, out: Path, batch: int, seq_len: 
                       objective="simcse", batch_size=batch, max_seq_len=seq_len,
                       precision=precision, learning_rate=3e-5, max_steps=steps,
                       save_steps=10 * steps + 1000, logging_steps=10 ** 6, progress=False,
-                      final_test=False, pooler="avg", mlp="none", seed=42, **extra)
+                      final_test=False, pooler=pooler, mlp="train" if pooler == "cls" else "none",
+                      seed=42, **extra)
     return Trainer(cfg)
 
 
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="profiled steps")
     ap.add_argument("--subbatches", type=int, default=None,
                     help="length sub-batches of the training forward (default: csekit's)")
+    ap.add_argument("--pooler", default="cls", choices=("cls", "avg"),
+                    help="cls: SimCSE's default ([CLS] + train-only MLP); avg: mean pooling")
     ap.add_argument("--name", default="train_step_profile")
     ap.add_argument("--note", action="append", default=[])
     ap.add_argument("--no-write", action="store_true")
@@ -148,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         train_file = Path(tmp) / "sample.txt"
         train_file.write_text("\n".join(sample) + "\n", encoding="utf-8")
         trainer = build_trainer(model, train_file, Path(tmp) / "out", a.batch_size, a.seq_len,
-                                a.precision, total, a.subbatches)
-        data = trainer._micro_batches()
+                                a.precision, total, a.subbatches, a.pooler)
+        data = trainer._data_stream()
         trainer.model.train()
         for _ in range(a.warmup):
             trainer._step(data)
@@ -184,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         "params": {"model": "all-MiniLM-L6-v2" if a.model is None else a.model,
                    "batch_size": a.batch_size, "seq_len": a.seq_len, "precision": a.precision,
                    "threads": a.threads, "warmup": a.warmup, "steps": a.steps,
-                   "length_subbatches": n_sub},
+                   "length_subbatches": n_sub, "pooler": a.pooler,
+                   "lean_forward": bool(trainer._unwrapped().lean_forward)},
         "loadavg_before": load_before, "loadavg_after": load_after,
         "mm_gflops_before": mm_before,
         "step_ms_wall": step_ms, "step_ms_each": [w * 1e3 for w in walls],
@@ -208,7 +213,8 @@ def markdown(p: dict[str, Any]) -> str:
         "",
         (f"all-MiniLM-L6-v2 (`{q['model']}`), SimCSE, batch {q['batch_size']} (2B = "
          f"{2 * q['batch_size']} rows), max_seq_len {q['seq_len']}, {q['precision']}, "
-         f"{q['threads']} threads, length sub-batches {q['length_subbatches']}; "
+         f"{q['threads']} threads, pooler {q.get('pooler', 'avg')}, lean forward "
+         f"{q.get('lean_forward', False)}, length sub-batches {q['length_subbatches']}; "
          f"{q['steps']} profiled steps after {q['warmup']} warm-up steps (torch.profiler, CPU)."),
         "",
         (f"**Shared machine**: load average before / after {p['loadavg_before']} / "

@@ -62,13 +62,22 @@ OPTS = dict(objective="clusterns", n_clusters=4, kmeans_start_cosine=1.0, batch_
             seed=3)
 
 
-@pytest.mark.slow  # 18 s: torchrun x2; 2 processes == 1 stays in the default suite elsewhere
-def test_two_processes_equal_one_with_prompts(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    corpus = make_corpus(tmp_path / "corpus.txt", n=200)
+@pytest.mark.slow  # 18 s each: torchrun x2; 2 processes == 1 stays in the default suite elsewhere
+@pytest.mark.parametrize("data", ["sentences", "triplets"])
+def test_two_processes_equal_one_with_prompts(tiny_bert_dir: Path, tmp_path: Path,
+                                              data: str) -> None:
+    """Unsupervised (T1/T2 views of one sentence) and supervised triplets (anchor T1,
+    positive and hard negative T2) with template denoising: 2 gloo processes == 1."""
+    opts = dict(OPTS)
+    if data == "triplets":
+        corpus = _nli_table(tmp_path / "nli.csv", 100)
+        opts["hard_negative_weight"] = 0.5
+    else:
+        corpus = make_corpus(tmp_path / "corpus.txt", n=200)
     one, two = tmp_path / "one", tmp_path / "two"
     Trainer(TrainConfig.from_dict(dict(model=str(tiny_bert_dir), train_file=str(corpus),
-                                       output_dir=str(one), progress=False, **OPTS))).train()
-    proc = torchrun_train(tiny_bert_dir, corpus, two, OPTS, timeout=400)
+                                       output_dir=str(one), progress=False, **opts))).train()
+    proc = torchrun_train(tiny_bert_dir, corpus, two, opts, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     l1, l2 = _losses(one), _losses(two)
     assert len(l1) == len(l2) == STEPS

@@ -224,8 +224,9 @@ def test_find_unused_parameters_only_when_a_parameter_is_unused(tiny_bert_dir: P
 
 def test_trainer_losses_equal_with_and_without_subbatches(tiny_bert_dir: Path,
                                                           tmp_path: Path) -> None:
-    """The Trainer's losses and weights at dropout 0: one padded batch (the forward before
-    issue #17) against length-sorted sub-batches, on the same batches."""
+    """The Trainer's losses and weights at dropout 0: transformers' forward on one padded
+    batch (the forward before issue #17) against csekit's CPU defaults (the lean forward on
+    length-sorted sub-batches), on the same batches."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -242,8 +243,9 @@ def test_trainer_losses_equal_with_and_without_subbatches(tiny_bert_dir: Path,
             "max_steps": 4, "eval_steps": 100, "logging_steps": 1, "progress": False,
             "pooler": "cls", "mlp": "train", "dropout": 0.0, "seed": 5,
             "objective": "clusterns", "n_clusters": 4, "kmeans_start_cosine": 1.0,
-            "length_subbatches": n})
+            "length_subbatches": n, "lean_forward": n > 1})
         trainer = Trainer(cfg)
+        assert trainer._unwrapped().lean_forward is (n > 1)
         trainer.encoder.subbatch_part_cost = 4  # split even the toy model's batches
         res = trainer.train()
         runs[n] = (res.losses, {k: v.detach().clone()
@@ -255,3 +257,15 @@ def test_trainer_losses_equal_with_and_without_subbatches(tiny_bert_dir: Path,
     # either way (as in test_distributed_train); 4 steps at lr 3e-5 moved elements by ~7e-5.
     for k, v in runs[1][1].items():
         torch.testing.assert_close(runs[4][1][k], v, rtol=0, atol=3e-5, msg=k)
+
+
+def test_length_subbatches_default_by_device() -> None:
+    """None (the default): 4 on CPU, where it was measured; 1 on CUDA until gpu_check.sh has
+    measured it; an explicit value wins everywhere."""
+    from csekit.training import TrainConfig
+    from csekit.training.speed import resolve_length_subbatches
+
+    assert TrainConfig().length_subbatches is None and TrainConfig().lean_forward is True
+    assert resolve_length_subbatches(None, "cpu") == 4
+    assert resolve_length_subbatches(None, torch.device("cuda", 1)) == 1
+    assert resolve_length_subbatches(2, "cuda") == 2 and resolve_length_subbatches(1, "cpu") == 1
