@@ -562,6 +562,19 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def wait_for_settled_load(cores: int, max_wait_s: float, poll_s: float = 5.0) -> float:
+    """Wait (at most ``max_wait_s``) until the 1-minute load average is at most half the cores.
+
+    The load average decays over minutes: a benchmark started right after another one (or a
+    build) would otherwise see the previous job's threads in ``load_before`` and mark a run
+    on an otherwise idle machine as not quiet. Returns the seconds waited.
+    """
+    start = time.monotonic()
+    while os.getloadavg()[0] > 0.5 * cores and time.monotonic() - start < max_wait_s:
+        time.sleep(poll_s)
+    return time.monotonic() - start
+
+
 def is_quiet(load_before: list[float], load_after: list[float], threads: int,
              cores: int) -> bool:
     """Whether other work shared the machine: the 1-minute load before the first run, and the
@@ -599,6 +612,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="timed steps per run (default 20 cpu, 50 cuda)")
     ap.add_argument("--warmup", type=int, default=8, help="untimed steps first (default 8)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds")
+    ap.add_argument("--settle-s", type=float, default=180,
+                    help="wait up to this long for the 1-minute load to settle before the first "
+                         "run (0: start at once)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     ap.add_argument("--precisions", default=None,
                     help="comma list of fp32, bf16, fp16 (default fp32 on cpu, bf16 on cuda); "
@@ -672,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(threads)  # the torch.mm probe runs with the workers' thread count
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    settle_s = wait_for_settled_load(cores or 1, a.settle_s)
     load_before = [round(x, 2) for x in os.getloadavg()]
     jobs = [(c, p) for p in precisions for c in configs]
     runs: dict[str, list[dict[str, Any]]] = {_key(c, p): [] for c, p in jobs}
@@ -712,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                    "csekit_path": "csekit.training.Trainer (real loop, Trainer._step timed)",
                    "peer_path": "SentenceTransformerTrainer + MultipleNegativesRankingLoss(20)"},
         "loadavg_before": load_before, "loadavg_after": load_after,
+        "settle_wait_s": round(settle_s, 1),
         "mm_gflops": [row["mm_gflops"] for row in schedule], "schedule": schedule,
         "summary": summary, "targets": targets, "runs": runs,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None
