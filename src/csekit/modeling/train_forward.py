@@ -3,8 +3,8 @@
 ``Encoder`` runs the backbone's encoder layers through :func:`lean_last_hidden` in train mode
 when :func:`lean_unsupported` finds nothing against it. It reads the backbone's own parameters
 (no copy, no second set of weights: the optimiser, DDP, checkpoints and saved folders see the
-same ``nn.Module``), calls the backbone's own embedding module, and computes each layer as
-``BertLayer`` does in transformers (sdpa attention):
+same ``nn.Module``), and computes the embeddings as ``BertEmbeddings`` / ``RobertaEmbeddings``
+do and each layer as ``BertLayer`` does in transformers (sdpa attention):
 
     x  = LayerNorm(dropout(Wo . attn(x)) + x)           attn: softmax(QK^T / sqrt(d) + mask),
     x  = LayerNorm(dropout(W2 . act(W1 . x)) + x)             dropout on the probabilities
@@ -20,7 +20,6 @@ with three changes that do not change what a pooled embedding is:
   position 0: the other positions of the last layer are never read by a ``cls`` /
   ``cls_before_pooler`` pooler. In MiniLM's 6 layers that is about a sixth of the encoder's
   matrix work; in BERT-base's 12, about a twelfth.
-
 * **Cheaper dropout masks on the CPU** (:func:`bernoulli_keep_noise`): torch draws a CPU
   Bernoulli mask one element at a time from mt19937; here numpy's SFC64, seeded from torch's
   generator, gives 32 random bits per element, five times faster, kept with probability
@@ -30,8 +29,9 @@ Dropout is otherwise the same: one independent Bernoulli mask per element at the
 rates, on the embeddings, the attention probabilities and the two residual branches. Positions
 that are not computed draw no mask, which does not change the distribution of the ones that
 are. The embeddings are computed here (word + token type, + position, LayerNorm, dropout, with
-RoBERTa's padding-aware positions) so that their dropout uses the same masks. At dropout 0 the outputs equal transformers' to float
-rounding (``tests/test_train_forward.py``, forward and gradients, padded and unpadded).
+RoBERTa's padding-aware positions) so that their dropout uses the same masks. At dropout 0 the
+outputs equal transformers' to float rounding (``tests/test_train_forward.py``, forward and
+gradients, padded and unpadded).
 
 Anything else (other architectures, relative position embeddings, decoders, cross-attention,
 chunked feed-forward, gradient checkpointing, ``output_hidden_states`` poolers) runs through
@@ -108,7 +108,7 @@ def lean_unsupported(backbone: nn.Module) -> str | None:
         return f"embeddings {type(emb).__name__} (the lean forward covers {_EMBEDDINGS[model_type]})"
     encoder = getattr(backbone, "encoder", None)
     layers = getattr(encoder, "layer", None)
-    if getattr(backbone, "embeddings", None) is None or layers is None or len(layers) == 0:
+    if layers is None or len(layers) == 0:
         return "not the BertModel module layout"
     for layer in layers:
         try:

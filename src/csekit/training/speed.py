@@ -82,7 +82,7 @@ def configure_training_forward(encoder: Any, config: Any, *, ddp_kwargs: Any,
     """
     encoder.length_subbatches = resolve_length_subbatches(config.length_subbatches, device)
     # torch.compile wraps the backbone's forward, which the lean forward does not call
-    encoder.lean_forward = bool(getattr(config, "lean_forward", True)) and not config.compile
+    encoder.lean_forward = bool(config.lean_forward) and not config.compile
     if encoder.lean_forward and encoder.lean_reason is not None:
         logger.info("lean training forward off: %s", encoder.lean_reason)
     if world_size > 1:
