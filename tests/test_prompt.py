@@ -216,14 +216,16 @@ def _run(backbone):
 
 
 def _brute_state(backbone, prompt, t: int, n: int, offset: int) -> torch.Tensor:
-    """One template-only row, every position id written out in a loop."""
+    """One template-only row, every position id written out in a loop, every token attending to
+    every other (an explicit all-ones mask: from transformers 5.25 on, BERT reads position ids
+    without a mask as packed sequences and splits the row at the jump after the slot)."""
     b = prompt.bound[t]
     ids = b.empty_ids()
     pos = []
     for j in range(len(ids)):
         pos.append(offset + j + (n if j >= b.slot_start else 0))
-    out = backbone(input_ids=torch.tensor([ids]), position_ids=torch.tensor([pos]),
-                   return_dict=True).last_hidden_state[0]
+    out = backbone(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
+                   position_ids=torch.tensor([pos]), return_dict=True).last_hidden_state[0]
     return out[b.mask_index(len(ids))]
 
 
@@ -362,3 +364,37 @@ def test_cli_eval_and_encode_with_prompt(tiny_bert_dir: Path, tmp_path: Path,
         assert main(["eval", str(tiny_bert_dir), "--data-dir", str(root), *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("csekit: error:") and err.count("\n") == 1, err
+
+
+def _record_backbone_calls(module: torch.nn.Module) -> list[dict]:
+    calls: list[dict] = []
+
+    def hook(_mod, _args, kwargs):
+        calls.append({k: kwargs.get(k) for k in ("attention_mask", "position_ids")})
+    module.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls
+
+
+def test_every_call_with_position_ids_has_a_mask(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """Template rows jump in their position ids after the slot. transformers >= 5.25 reads such
+    ids, when no attention mask is given, as several packed sequences and blocks attention
+    across the jump (issue 23): csekit must always pass the mask with the ids. Checked for the
+    training forward, denoised evaluation and the saved model's sentence-transformers module."""
+    from csekit.data import tokenize_pairs
+
+    enc = Encoder.from_pretrained(tiny_bert_dir, pooler="prompt", backend="hf", dropout=0.0,
+                                  prompt=PromptConfig(eval_denoise=True))
+    calls = _record_backbone_calls(enc.backbone)
+    enc.train()
+    enc(**tokenize_pairs(enc.tokenizer, ["a man plays", "x"], 32, prompt=enc.prompt))
+    enc.eval()
+    enc.encode(["a man plays", "x"])
+    with_pos = [c for c in calls if c["position_ids"] is not None]
+    assert len(with_pos) >= 2 and all(c["attention_mask"] is not None for c in with_pos)
+    st = pytest.importorskip("sentence_transformers")
+    enc.save(tmp_path / "m")
+    model = st.SentenceTransformer(str(tmp_path / "m"), device="cpu", trust_remote_code=True)
+    st_calls = _record_backbone_calls(model[0].auto_model)
+    model.encode(["a man plays", "x"])
+    with_pos = [c for c in st_calls if c["position_ids"] is not None]
+    assert with_pos and all(c["attention_mask"] is not None for c in with_pos)
