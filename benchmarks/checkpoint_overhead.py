@@ -150,30 +150,30 @@ def main(argv: list[str] | None = None) -> int:
     gb = 1e9
     md = "\n".join([
         "# Checkpoint overhead (issue #18)", "",
-        f"Model `{Path(a.model).name}` ({e['params']:,} parameters), SimCSE, batch "
+        (f"Model `{Path(a.model).name}` ({e['params']:,} parameters), SimCSE, batch "
         f"{a.batch_size}, {a.steps} steps; eval run: STS-B dev every {a.eval_steps} steps "
         f"({e['evaluations']} evaluations), full checkpoint every {a.save_steps} steps and at "
         f"the end. Shared, loaded machine: load average {load_before} before, "
-        f"{payload['loadavg_after']} after (2 cores).", "",
+        f"{payload['loadavg_after']} after (2 cores)."), "",
         "| run | train s | dev eval s | best-model saves (s, bytes) | checkpoints (s, bytes) |",
         "|---|---|---|---|---|",
         *(f"| {n} | {r['train_s']:.1f} | {r['eval_s']:.1f} | {r['best_saves']} "
           f"({r['best_save_s']:.2f} s, {r['best_bytes'] / 1e6:.1f} MB) | {r['ckpt_saves']} "
           f"({r['ckpt_save_s']:.2f} s, {r['ckpt_bytes'] / 1e6:.1f} MB) |"
           for n, r in runs.items()), "",
-        f"- Overhead beyond the evaluations' own time: **{beyond:+.1%}** of the plain run "
+        (f"- Overhead beyond the evaluations' own time: **{beyond:+.1%}** of the plain run "
         f"(target <= 10%: {'met' if beyond <= 0.10 else 'NOT met'}); the saves themselves "
-        f"took {saves_s:.2f} s ({saves_s / p['train_s']:.1%}).",
-        f"- The pre-#18 cadence (a full checkpoint at every evaluation) would have written "
-        f"{old_extra / 1e6:.0f} MB more in this run.",
-        f"- bert-base recipe defaults (eval 125, save 1000), per 1,000 steps: 1 full "
+        f"took {saves_s:.2f} s ({saves_s / p['train_s']:.1%})."),
+        (f"- The pre-#18 cadence (a full checkpoint at every evaluation) would have written "
+        f"{old_extra / 1e6:.0f} MB more in this run."),
+        (f"- bert-base recipe defaults (eval 125, save 1000), per 1,000 steps: 1 full "
         f"checkpoint {12 * bb / gb:.2f} GB + 0 to 8 best-model saves of {4 * bb / gb:.2f} GB: "
         f"{per_1000['min_bytes'] / gb:.2f} to {per_1000['max_bytes'] / gb:.2f} GB "
         f"({per_1000['at_measured_improving_fraction'] / gb:.2f} GB at this run's improving "
         f"fraction {improving:.0%}); the pre-#18 cadence: up to "
-        f"{per_1000['pre_18_cadence_max_bytes'] / gb:.1f} GB.", "",
-        f"Command: `python benchmarks/checkpoint_overhead.py --steps {a.steps} --eval-steps "
-        f"{a.eval_steps} --batch-size {a.batch_size}`"])
+        f"{per_1000['pre_18_cadence_max_bytes'] / gb:.1f} GB."), "",
+        (f"Command: `python benchmarks/checkpoint_overhead.py --steps {a.steps} --eval-steps "
+        f"{a.eval_steps} --batch-size {a.batch_size}`")])
     print(md)
     if not a.no_write:
         jpath, mpath = write_results(a.name, payload, md)

@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks._common import cpu_model, quick_gflops  # noqa: E402
+from benchmarks._common import cpu_model, quick_gflops
 
 
 def versions() -> dict[str, str]:
@@ -261,22 +261,22 @@ def main() -> int:
         all_s = ", ".join(f"{r['seconds']:.1f} s ({r['mm_gflops_before']:.0f})" for r in e2e["runs"])
         hf_s = ", ".join(f"{r['seconds']:.1f} s ({r['mm_gflops_before']:.0f})" for r in e2e["hf_runs"])
         met = "met" if result["met"]["end_to_end"] else "NOT met"
-        md += [f"- End to end, `csekit eval` (7 tasks, fresh process, default `--backend auto` = "
+        md += [(f"- End to end, `csekit eval` (7 tasks, fresh process, default `--backend auto` = "
                f"native here): median **{e2e['median_seconds']:.1f} s** (target < 60 s: {met}), "
                f"best {e2e['seconds']:.1f} s of {len(e2e['runs'])}; avg STS {e2e['avg']:.2f}. Runs, "
-               f"with the `torch.mm` GFLOP/s measured just before each: {all_s}.",
-               f"- The same with `--backend hf` (the `transformers` model), in the same rounds: "
+               f"with the `torch.mm` GFLOP/s measured just before each: {all_s}."),
+               (f"- The same with `--backend hf` (the `transformers` model), in the same rounds: "
                f"median {e2e['hf_median_seconds']:.1f} s; runs {hf_s}; avg STS "
-               f"{e2e['hf_runs'][0]['avg']:.2f}."]
-    md += [f"- Encoding {thr['n_sentences']} unique sentences ({thr['n_tokens']} tokens): csekit "
+               f"{e2e['hf_runs'][0]['avg']:.2f}.")]
+    md += [(f"- Encoding {thr['n_sentences']} unique sentences ({thr['n_tokens']} tokens): csekit "
            f"{thr['csekit_sent_per_s']:.0f} sent/s vs sentence-transformers {thr['st_sent_per_s']:.0f} "
            f"sent/s (best rounds): median ratio **{thr['ratio_median']:.2f}x** over "
            f"{len(thr['rounds'])} round(s) (target >= 1.3x: "
            f"{'met' if result['met']['ratio'] else 'NOT met'}), best-to-best {thr['ratio_best']:.2f}x. "
            f"csekit here is `Encoder.encode` with the backend `csekit eval` picks ({thr['backend']}); "
-           f"with the `transformers` backend the median ratio is {thr['ratio_hf_median']:.2f}x.",
-           "", "| round | sentence-transformers s | csekit s | ratio | csekit, hf backend s | ratio "
-           "| hf backend without oneDNN path s | load avg | torch.mm GFLOP/s before |",
+           f"with the `transformers` backend the median ratio is {thr['ratio_hf_median']:.2f}x."),
+           "", ("| round | sentence-transformers s | csekit s | ratio | csekit, hf backend s | ratio "
+           "| hf backend without oneDNN path s | load avg | torch.mm GFLOP/s before |"),
            "|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(thr["rounds"]):
         abl = f"{r['cse_hf_no_fastpath']:.1f}" if "cse_hf_no_fastpath" in r else "-"
@@ -284,18 +284,18 @@ def main() -> int:
                   f"| {r['ratio_hf']:.2f} | {abl} | {r['load_avg']:.1f} | {r['mm_gflops_before']:.0f} |")
     share = 100 * roof["csekit_gflops"] / roof["sgemm_peak_gflops"]
     md += ["", "Where the time goes, and the floor:", "",
-           f"- The model's linear layers over these {roof['n_tokens']} tokens are "
+           (f"- The model's linear layers over these {roof['n_tokens']} tokens are "
            f"{roof['linear_tflop']:.2f} TFLOP (attention adds {roof['attention_tflop']:.3f}). At this "
            f"machine's fp32 matrix-product peak, measured now with `torch.mm` on the model's layer "
            f"shapes ({roof['sgemm_peak_gflops']:.0f} GFLOP/s), they need at least "
            f"**{roof['linear_floor_s']:.1f} s**; csekit's encoding sustains "
-           f"{roof['csekit_gflops']:.0f} GFLOP/s, {share:.0f}% of that peak.",
+           f"{roof['csekit_gflops']:.0f} GFLOP/s, {share:.0f}% of that peak."),
            f"- Tokenising the sentences ({roof['tokenizer']}, one thread): {roof['tokenize_s']:.1f} s."]
     if roof["startup_and_load_s"] is not None:
-        md += [f"- A fresh process importing csekit and loading the model and tokenizer: "
+        md += [(f"- A fresh process importing csekit and loading the model and tokenizer: "
                f"{roof['startup_and_load_s']:.1f} s with the native backend, "
-               f"{roof['startup_and_load_hf_s']:.1f} s with `transformers`."]
-    md += ["", "Where the speed comes from: each unique sentence encoded once; one tokenizer call; "
+               f"{roof['startup_and_load_hf_s']:.1f} s with `transformers`.")]
+    md += ["", ("Where the speed comes from: each unique sentence encoded once; one tokenizer call; "
            "sorting by token length (sentence-transformers sorts by characters) so batches carry "
            "almost no padding; batches bounded by 128 sentences, 4096 padded tokens and 10% "
            "padding; "
@@ -303,7 +303,7 @@ def main() -> int:
            "GELU and (native backend) the residual addition fused (`csekit.modeling.cpu_fastpath`); "
            "the native backend (`csekit.modeling.native_bert`, `native_tokenizer`) also skips "
            "importing `transformers`, stacks Q/K/V into one product and drops the attention mask "
-           "for batches without padding."]
+           "for batches without padding.")]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -145,11 +145,11 @@ def encode_part(model: Path, device: str, n: int) -> dict[str, Any]:
 def markdown(p: dict[str, Any]) -> str:
     m = p["machine"]
     lines = [f"# GPU check: {m.get('gpu') or 'no GPU (CPU dry run)'}", "",
-             f"torch {m['torch']} (CUDA {m['cuda']}), transformers {m['transformers']}, "
+             (f"torch {m['torch']} (CUDA {m['cuda']}), transformers {m['transformers']}, "
              f"accelerate {m['accelerate']}, sentence-transformers "
              f"{m['sentence_transformers']}; capability {m.get('capability')}, "
              f"{m.get('gpu_count', 0)} GPU(s); load average {m['loadavg']}; "
-             f"{p['date']}; total {p['total_s']:.0f} s.", ""]
+             f"{p['date']}; total {p['total_s']:.0f} s."), ""]
     if p.get("pytest"):
         lines += [f"`pytest -m gpu`: {p['pytest']}", ""]
     tr = p.get("train")
@@ -181,14 +181,14 @@ def markdown(p: dict[str, Any]) -> str:
     if en:
         lines += ["## Encoding (fp32, no TF32, batch 128, max 128 tokens)", "",
                   "| csekit transformers | csekit native | sentence-transformers |", "|---|---|---|",
-                  f"| {en['csekit_hf_sent_per_s']:.0f} | {en['csekit_native_sent_per_s']:.0f} | "
-                  f"{en.get('st_sent_per_s', float('nan')):.0f} |", "",
-                  f"- max |native - transformers| = {en['max_abs_diff_native_vs_hf']:.2e} "
+                  (f"| {en['csekit_hf_sent_per_s']:.0f} | {en['csekit_native_sent_per_s']:.0f} | "
+                  f"{en.get('st_sent_per_s', float('nan')):.0f} |"), "",
+                  (f"- max |native - transformers| = {en['max_abs_diff_native_vs_hf']:.2e} "
                   f"(equal: {en['native_equal']}, native faster: {en['native_faster']}); "
                   f"max |csekit - sentence-transformers| = "
-                  f"{en.get('max_abs_diff_hf_vs_st', float('nan')):.2e}.",
-                  "- `--backend auto` may use native on CUDA only if both are true on the "
-                  "GPUs that matter."]
+                  f"{en.get('max_abs_diff_hf_vs_st', float('nan')):.2e}."),
+                  ("- `--backend auto` may use native on CUDA only if both are true on the "
+                  "GPUs that matter.")]
     return "\n".join(lines) + "\n"
 
 
@@ -221,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="csekit-gpu-check-") as tmp:
         work = Path(tmp)
         words = pseudo_words(5000, seed=1)
-        shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128) if a.tiny else \
-            dict(vocab_size=30522)  # BertConfig() defaults: bert-base
+        shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "intermediate_size": 64, "max_position_embeddings": 128} if a.tiny else \
+            {"vocab_size": 30522}  # BertConfig() defaults: bert-base
         model = save_bert(work / "model", words=words, **shape)
         batches = [int(b) for b in a.batches.split(",")]
         if not a.skip_train:

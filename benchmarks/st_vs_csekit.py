@@ -55,12 +55,12 @@ def sequential_batches(dataset: Any, **kwargs: Any) -> Any:
 def _config(spec: dict[str, Any], output_dir: str):
     from csekit.training import TrainConfig
 
-    return TrainConfig.from_dict(dict(
-        model=spec["model"], train_file=spec["sample"], output_dir=output_dir,
-        objective=spec["objective"], pooler="avg", mlp="none", batch_size=spec["batch"],
-        learning_rate=spec["lr"], max_steps=spec["steps"], n_clusters=spec["k"],
-        seed=spec["seed"], max_seq_len=spec["max_seq_len"], data_dir=None, final_test=False,
-        progress=False, logging_steps=spec["steps"], eval_steps=10 * spec["steps"]))
+    return TrainConfig.from_dict({
+        "model": spec["model"], "train_file": spec["sample"], "output_dir": output_dir,
+        "objective": spec["objective"], "pooler": "avg", "mlp": "none", "batch_size": spec["batch"],
+        "learning_rate": spec["lr"], "max_steps": spec["steps"], "n_clusters": spec["k"],
+        "seed": spec["seed"], "max_seq_len": spec["max_seq_len"], "data_dir": None, "final_test": False,
+        "progress": False, "logging_steps": spec["steps"], "eval_steps": 10 * spec["steps"]})
 
 
 def _evaluate(folder: str, data_dir: str) -> dict[str, Any]:

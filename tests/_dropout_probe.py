@@ -18,9 +18,9 @@ from csekit.training import TrainConfig, Trainer
 
 def main() -> None:
     model, corpus, out, dropout = sys.argv[1], sys.argv[2], Path(sys.argv[3]), float(sys.argv[4])
-    cfg = TrainConfig.from_dict(dict(model=model, train_file=corpus, output_dir=str(out),
-                                     batch_size=8, max_steps=1, dropout=dropout, pooler="avg",
-                                     mlp="none", progress=False, seed=11))
+    cfg = TrainConfig.from_dict({"model": model, "train_file": corpus, "output_dir": str(out),
+                                     "batch_size": 8, "max_steps": 1, "dropout": dropout, "pooler": "avg",
+                                     "mlp": "none", "progress": False, "seed": 11})
     t = Trainer(cfg)
     enc = t.accelerator.unwrap_model(t.model)
     enc.train()

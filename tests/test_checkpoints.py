@@ -119,8 +119,8 @@ def _inject_scaler(t: Trainer, init_scale: float) -> torch.amp.GradScaler:
     return scaler
 
 
-SCALER_KW = dict(max_steps=7, save_steps=3, max_grad_norm=0.0, objective="clusterns",
-                 n_clusters=4, kmeans_start_cosine=0.99, learning_rate=1e-3)
+SCALER_KW = {"max_steps": 7, "save_steps": 3, "max_grad_norm": 0.0, "objective": "clusterns",
+                 "n_clusters": 4, "kmeans_start_cosine": 0.99, "learning_rate": 1e-3}
 
 
 def test_scaler_skips_are_not_steps_and_its_state_resumes_exactly(tiny_bert_dir: Path,
@@ -263,12 +263,12 @@ def test_unreadable_checkpoint_on_resume_is_one_line(tiny_bert_dir: Path, corpus
 
 
 def test_disk_errors_passes_other_errors_through(tmp_path: Path) -> None:
-    with pytest.raises(PermissionError):
-        with ckpt_mod.disk_errors(tmp_path / "x", needed=1, what="x", last_good=None):
-            raise PermissionError(errno.EACCES, "denied")
-    with pytest.raises(CheckpointError, match="no checkpoint saved yet"):
-        with ckpt_mod.disk_errors(tmp_path / "x", needed=1, what="x", last_good=None):
-            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    with pytest.raises(PermissionError), \
+            ckpt_mod.disk_errors(tmp_path / "x", needed=1, what="x", last_good=None):
+        raise PermissionError(errno.EACCES, "denied")
+    with pytest.raises(CheckpointError, match="no checkpoint saved yet"), \
+            ckpt_mod.disk_errors(tmp_path / "x", needed=1, what="x", last_good=None):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
 
 
 def test_rank0_checkpoint_choice_and_loaded_step_check(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def test_pairs_and_named_columns(tmp_path: Path) -> None:
     p = write(tmp_path / "pairs.csv", [r[:2] for r in ROWS], header=("sent0", "sent1"))
     c = TripletCorpus(p)
     assert c.mode == "pairs" and c.columns == ("sent0", "sent1")
-    assert list(c)[0] == ROWS[0][:2]
+    assert next(iter(c)) == ROWS[0][:2]
     q = write(tmp_path / "other.jsonl", [(r[2], r[0], r[1], "x") for r in ROWS],
               header=("neg", "a", "b", "extra"))
     c = TripletCorpus(q, columns="a,b,neg")

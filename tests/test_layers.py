@@ -19,7 +19,7 @@ DOC = ROOT / "docs" / "architecture.md"
 def layer_order() -> list[list[str]]:
     """Layers, lowest first; each a list of top-level names under csekit (module or package)."""
     text = DOC.read_text(encoding="utf-8")
-    block = re.search(r"```layers\n(.*?)```", text, re.S)
+    block = re.search(r"```layers\n(.*?)```", text, re.DOTALL)
     assert block, "docs/architecture.md has no ```layers block"
     return [line.split("#")[0].split() for line in block.group(1).splitlines()
             if line.split("#")[0].strip()]

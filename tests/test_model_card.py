@@ -26,12 +26,12 @@ def test_card_of_a_real_run_holds_its_results(tiny_bert_dir: Path, tmp_path: Pat
     corpus = make_corpus(tmp_path / "corpus.txt", n=200)
     data = make_senteval(tmp_path / "senteval")
     out = tmp_path / "cns-run"
-    cfg = TrainConfig.from_dict(dict(
-        model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out),
-        data_dir=str(data), objective="clusterns", n_clusters=4, kmeans_start_cosine=1.0,
-        batch_size=8, learning_rate=1e-3, max_steps=4, eval_steps=2, logging_steps=2,
-        pooler="cls", mlp="train", progress=False,
-        extra={"base_model": "google-bert/bert-base-uncased"}))
+    cfg = TrainConfig.from_dict({
+        "model": str(tiny_bert_dir), "train_file": str(corpus), "output_dir": str(out),
+        "data_dir": str(data), "objective": "clusterns", "n_clusters": 4, "kmeans_start_cosine": 1.0,
+        "batch_size": 8, "learning_rate": 1e-3, "max_steps": 4, "eval_steps": 2, "logging_steps": 2,
+        "pooler": "cls", "mlp": "train", "progress": False,
+        "extra": {"base_model": "google-bert/bert-base-uncased"}})
     res = Trainer(cfg).train()
     results = json.loads((out / "results.json").read_text())
     text = (out / "README.md").read_text(encoding="utf-8")

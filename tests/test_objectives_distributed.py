@@ -23,7 +23,7 @@ from csekit import distributed
 from csekit.objectives import build_objective
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_distributed_train import _free_port  # noqa: E402
+from test_distributed_train import _free_port
 
 WORLD = 2
 GLOBAL_B, D_IN, D, K, STEPS = 12, 10, 8, 8, 6  # K > local batch: init must use the global batch

@@ -91,9 +91,12 @@ def test_prefetch_on_equals_off_with_dropout(tiny_bert_dir: Path, tmp_path: Path
         t = Trainer(config(tiny_bert_dir, corpus, out, max_steps=5, dropout=0.1,
                            grad_accum_steps=2, prefetch=prefetch, objective="clusterns",
                            n_clusters=4, kmeans_start_cosine=0.99))
-        calls = []
-        real = t._agree_step
-        monkeypatch.setattr(t, "_agree_step", lambda bad: calls.append(1) or real(bad))
+        calls: list[int] = []
+
+        def counted(bad, calls=calls, real=t._agree_step):
+            calls.append(1)
+            return real(bad)
+        monkeypatch.setattr(t, "_agree_step", counted)
         res = t.train()
         assert len(calls) == res.steps == 5  # one agreement (one collective) per update
         assert (t.state.epoch, t.state.batches_in_epoch) == (2, 2)  # 10 batches of 4 / epoch

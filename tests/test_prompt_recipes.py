@@ -12,19 +12,19 @@ from csekit.training import TrainConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "prompt"
 PUBLISHED = {
-    "simcse-prompt-bert-base": dict(batch_size=256, learning_rate=1e-5),
-    "simcse-prompt-roberta-base": dict(batch_size=256, learning_rate=1e-5),
-    "clusterns-prompt-bert-base": dict(batch_size=512, learning_rate=5e-5, n_clusters=96,
-                                       kmeans_lr=5e-4, kmeans_start_cosine=0.4, bml_weight=1e-2,
-                                       bml_alpha=0.0, bml_beta=0.2, hard_negatives=True),
-    "clusterns-prompt-bert-large": dict(batch_size=256, learning_rate=3e-5, n_clusters=96,
-                                        kmeans_lr=1e-4, kmeans_start_cosine=0.2, bml_weight=5e-4,
-                                        bml_alpha=0.25, bml_beta=0.3, hard_negatives=True),
-    "clusterns-prompt-roberta-base": dict(batch_size=512, learning_rate=5e-5, n_clusters=128,
-                                          kmeans_lr=1e-3, kmeans_start_cosine=0.4,
-                                          bml_weight=1e-2, bml_alpha=0.2, bml_beta=0.6,
-                                          hard_negatives=False),
-    "focal-prompt-bert-base": dict(margin=0.3),
+    "simcse-prompt-bert-base": {"batch_size": 256, "learning_rate": 1e-5},
+    "simcse-prompt-roberta-base": {"batch_size": 256, "learning_rate": 1e-5},
+    "clusterns-prompt-bert-base": {"batch_size": 512, "learning_rate": 5e-5, "n_clusters": 96,
+                                       "kmeans_lr": 5e-4, "kmeans_start_cosine": 0.4, "bml_weight": 1e-2,
+                                       "bml_alpha": 0.0, "bml_beta": 0.2, "hard_negatives": True},
+    "clusterns-prompt-bert-large": {"batch_size": 256, "learning_rate": 3e-5, "n_clusters": 96,
+                                        "kmeans_lr": 1e-4, "kmeans_start_cosine": 0.2, "bml_weight": 5e-4,
+                                        "bml_alpha": 0.25, "bml_beta": 0.3, "hard_negatives": True},
+    "clusterns-prompt-roberta-base": {"batch_size": 512, "learning_rate": 5e-5, "n_clusters": 128,
+                                          "kmeans_lr": 1e-3, "kmeans_start_cosine": 0.4,
+                                          "bml_weight": 1e-2, "bml_alpha": 0.2, "bml_beta": 0.6,
+                                          "hard_negatives": False},
+    "focal-prompt-bert-base": {"margin": 0.3},
 }
 
 

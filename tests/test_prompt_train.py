@@ -26,7 +26,7 @@ def test_every_objective_trains_and_saves(objective: str, mlp: str, tiny_bert_di
                                           tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "c.txt", n=64)
     out = tmp_path / "run"
-    extra = dict(n_clusters=4, kmeans_start_cosine=1.0) if "clusterns" in objective else {}
+    extra = {"n_clusters": 4, "kmeans_start_cosine": 1.0} if "clusterns" in objective else {}
     cfg = TrainConfig.from_dict(dict(
         model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out), progress=False,
         objective=objective, pooler="prompt", mlp=mlp, batch_size=8, learning_rate=1e-4,
@@ -45,7 +45,7 @@ def test_bad_prompt_options(tiny_bert_dir: Path, tmp_path: Path) -> None:
     from csekit.errors import ConfigError
 
     corpus = make_corpus(tmp_path / "c.txt", n=16)
-    base = dict(model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(tmp_path / "o"))
+    base = {"model": str(tiny_bert_dir), "train_file": str(corpus), "output_dir": str(tmp_path / "o")}
     with pytest.raises(ConfigError, match="pooler: prompt"):
         TrainConfig.from_dict({**base, "prompt_template": "[X] [MASK]"}).validate()
     with pytest.raises(ConfigError, match="T1"):
@@ -56,10 +56,10 @@ def test_bad_prompt_options(tiny_bert_dir: Path, tmp_path: Path) -> None:
 
 
 STEPS = 4
-OPTS = dict(objective="clusterns", n_clusters=4, kmeans_start_cosine=1.0, batch_size=16,
-            learning_rate=3e-5, max_steps=STEPS, dropout=0.0, pooler="prompt", mlp="train",
-            bml_weight=1e-2, bml_alpha=0.0, bml_beta=0.3, logging_steps=1, eval_steps=1000,
-            seed=3)
+OPTS = {"objective": "clusterns", "n_clusters": 4, "kmeans_start_cosine": 1.0, "batch_size": 16,
+            "learning_rate": 3e-5, "max_steps": STEPS, "dropout": 0.0, "pooler": "prompt", "mlp": "train",
+            "bml_weight": 1e-2, "bml_alpha": 0.0, "bml_beta": 0.3, "logging_steps": 1, "eval_steps": 1000,
+            "seed": 3}
 
 
 @pytest.mark.slow  # 18 s each: torchrun x2; 2 processes == 1 stays in the default suite elsewhere
@@ -141,11 +141,11 @@ def test_supervised_prompt_training_loss_equals_per_text_oracle(tiny_bert_dir: P
 
     table = _nli_table(tmp_path / "nli.csv", 8)
     out = tmp_path / "run"
-    cfg = TrainConfig.from_dict(dict(
-        model=str(tiny_bert_dir), train_file=str(table), output_dir=str(out), progress=False,
-        pooler="prompt", mlp="none", dropout=0.0, batch_size=8, learning_rate=1e-4,
-        max_steps=1, logging_steps=1, eval_steps=1000, seed=2, temperature=0.05,
-        hard_negative_weight=0.5))
+    cfg = TrainConfig.from_dict({
+        "model": str(tiny_bert_dir), "train_file": str(table), "output_dir": str(out), "progress": False,
+        "pooler": "prompt", "mlp": "none", "dropout": 0.0, "batch_size": 8, "learning_rate": 1e-4,
+        "max_steps": 1, "logging_steps": 1, "eval_steps": 1000, "seed": 2, "temperature": 0.05,
+        "hard_negative_weight": 0.5})
     Trainer(cfg).train()
     assert "supervision: triplets" in (out / "config.yaml").read_text()
     first = _losses(out)[0]
@@ -173,11 +173,11 @@ def test_supervised_prompt_trains_every_objective_kind(objective: str, tiny_bert
     model whose config keeps the MLP at test time (supervised setting)."""
     table = _nli_table(tmp_path / "nli.csv", 32)
     out = tmp_path / "run"
-    cfg = TrainConfig.from_dict(dict(
-        model=str(tiny_bert_dir), train_file=str(table), output_dir=str(out), progress=False,
-        objective=objective, pooler="prompt", mlp="always", batch_size=8, learning_rate=1e-4,
-        max_steps=3, logging_steps=1, eval_steps=1000, seed=1, n_clusters=4,
-        kmeans_start_cosine=1.0))
+    cfg = TrainConfig.from_dict({
+        "model": str(tiny_bert_dir), "train_file": str(table), "output_dir": str(out), "progress": False,
+        "objective": objective, "pooler": "prompt", "mlp": "always", "batch_size": 8, "learning_rate": 1e-4,
+        "max_steps": 3, "logging_steps": 1, "eval_steps": 1000, "seed": 1, "n_clusters": 4,
+        "kmeans_start_cosine": 1.0})
     res = Trainer(cfg).train()
     assert res.steps == 3 and all(torch.isfinite(torch.tensor(res.losses)))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

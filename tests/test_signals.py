@@ -81,10 +81,10 @@ def test_sigterm_writes_resumable_checkpoint(tiny_bert_dir: Path, tmp_path: Path
     assert state["batches_in_epoch"] == done  # 25 batches an epoch; done is small
 
     # --resume continues from there (in-process, two more steps)
-    cfg = TrainConfig.from_dict(dict(
-        model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out), batch_size=8,
-        pooler="avg", mlp="none", objective="clusterns", n_clusters=4, kmeans_start_cosine=1.0,
-        max_steps=done + 2, eval_steps=100000, progress=False, resume=True, logging_steps=1))
+    cfg = TrainConfig.from_dict({
+        "model": str(tiny_bert_dir), "train_file": str(corpus), "output_dir": str(out), "batch_size": 8,
+        "pooler": "avg", "mlp": "none", "objective": "clusterns", "n_clusters": 4, "kmeans_start_cosine": 1.0,
+        "max_steps": done + 2, "eval_steps": 100000, "progress": False, "resume": True, "logging_steps": 1})
     t = Trainer(cfg)
     res = t.train()
     assert res.stopped == "completed" and res.steps == done + 2 and len(res.losses) == 2
@@ -130,11 +130,11 @@ def test_sigkill_mid_save_keeps_previous_checkpoint_and_best(tiny_bert_dir: Path
     Encoder.from_pretrained(str(out)).encode(["a sentence"])
 
     # --resume removes the half-written folder and finishes the run from step 2
-    cfg = TrainConfig.from_dict(dict(
-        model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out), batch_size=8,
-        pooler="avg", mlp="none", objective="clusterns", n_clusters=4, kmeans_start_cosine=1.0,
-        max_steps=6, eval_steps=2, save_steps=2, data_dir=str(data), learning_rate=1e-3, progress=False,
-        resume=True, logging_steps=1, final_test=False))
+    cfg = TrainConfig.from_dict({
+        "model": str(tiny_bert_dir), "train_file": str(corpus), "output_dir": str(out), "batch_size": 8,
+        "pooler": "avg", "mlp": "none", "objective": "clusterns", "n_clusters": 4, "kmeans_start_cosine": 1.0,
+        "max_steps": 6, "eval_steps": 2, "save_steps": 2, "data_dir": str(data), "learning_rate": 1e-3, "progress": False,
+        "resume": True, "logging_steps": 1, "final_test": False})
     res = Trainer(cfg).train()
     assert res.stopped == "completed" and res.steps == 6 and len(res.losses) == 4
     assert sorted(p.name for p in ckroot.iterdir()) == ["step-4", "step-6"]

@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_distributed_train import _free_port  # noqa: E402
+from test_distributed_train import _free_port
 
 pytest.importorskip("sentence_transformers")
 

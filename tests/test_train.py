@@ -36,9 +36,9 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def config(tiny: Path, corpus: Path, out: Path, **kw: object) -> TrainConfig:
-    base = dict(model=str(tiny), train_file=str(corpus), output_dir=str(out), batch_size=16,
-                learning_rate=5e-4, max_steps=8, eval_steps=100, logging_steps=1,
-                progress=False, pooler="avg", mlp="none", seed=7)
+    base = {"model": str(tiny), "train_file": str(corpus), "output_dir": str(out), "batch_size": 16,
+                "learning_rate": 5e-4, "max_steps": 8, "eval_steps": 100, "logging_steps": 1,
+                "progress": False, "pooler": "avg", "mlp": "none", "seed": 7}
     base.update(kw)
     return TrainConfig.from_dict(base)
 
@@ -86,8 +86,8 @@ def _stop_after(trainer: Trainer, step: int, signum: int) -> None:
 @pytest.mark.parametrize("objective", ["clusterns-focal"])
 def test_interrupted_resume_equals_uninterrupted(tiny_bert_dir: Path, corpus: Path,
                                                   tmp_path: Path, objective: str) -> None:
-    kw = dict(objective=objective, n_clusters=4, kmeans_start_cosine=0.99, max_steps=8,
-              save_steps=3, grad_accum_steps=1, bml_weight=1e-3, mlp="train", pooler="cls")
+    kw = {"objective": objective, "n_clusters": 4, "kmeans_start_cosine": 0.99, "max_steps": 8,
+              "save_steps": 3, "grad_accum_steps": 1, "bml_weight": 1e-3, "mlp": "train", "pooler": "cls"}
     ref = Trainer(config(tiny_bert_dir, corpus, tmp_path / "a", **kw)).train()
     assert ref.stopped == "completed" and len(ref.losses) == 8
 

@@ -131,10 +131,10 @@ def test_batch_not_divisible_by_processes() -> None:
 
 # Published BERT-base settings, restated from REFERENCE.md (not imported from the table).
 _PUBLISHED_BERT_BASE = {
-    "simcse": dict(batch_size=64, learning_rate=3e-5, temperature=0.05),
-    "clusterns": dict(batch_size=256, learning_rate=5e-5, n_clusters=128, kmeans_lr=1e-3,
-                      kmeans_start_cosine=0.4, bml_weight=1e-3, bml_alpha=0.0, bml_beta=0.3),
-    "focal": dict(margin=0.3, temperature=0.05),
+    "simcse": {"batch_size": 64, "learning_rate": 3e-5, "temperature": 0.05},
+    "clusterns": {"batch_size": 256, "learning_rate": 5e-5, "n_clusters": 128, "kmeans_lr": 1e-3,
+                      "kmeans_start_cosine": 0.4, "bml_weight": 1e-3, "bml_alpha": 0.0, "bml_beta": 0.3},
+    "focal": {"margin": 0.3, "temperature": 0.05},
 }
 
 

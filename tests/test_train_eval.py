@@ -35,11 +35,11 @@ def test_eval_during_training_best_model_and_st_load(tiny_bert_dir: Path, tmp_pa
     corpus = make_corpus(tmp_path / "corpus.txt", n=300)
     data = make_senteval(tmp_path / "senteval")
     out = tmp_path / "run"
-    cfg = TrainConfig.from_dict(dict(
-        model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out), data_dir=str(data),
-        batch_size=16, learning_rate=1e-3, max_steps=9, eval_steps=3, logging_steps=3,
-        pooler="cls", mlp="train", progress=False, save_total_limit=2, tensorboard=True, save_steps=3,
-        eval_at_start=True))
+    cfg = TrainConfig.from_dict({
+        "model": str(tiny_bert_dir), "train_file": str(corpus), "output_dir": str(out), "data_dir": str(data),
+        "batch_size": 16, "learning_rate": 1e-3, "max_steps": 9, "eval_steps": 3, "logging_steps": 3,
+        "pooler": "cls", "mlp": "train", "progress": False, "save_total_limit": 2, "tensorboard": True, "save_steps": 3,
+        "eval_at_start": True})
     res = Trainer(cfg).train()
     assert res.stopped == "completed"
 
@@ -84,10 +84,10 @@ def test_patience_stops_early(tiny_bert_dir: Path, tmp_path: Path) -> None:
     data = make_senteval(tmp_path / "senteval")
     out = tmp_path / "run"
     # random gold scores: the dev score stops improving within a few evaluations.
-    cfg = TrainConfig.from_dict(dict(
-        model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out), data_dir=str(data),
-        batch_size=16, learning_rate=1e-3, max_steps=60, eval_steps=2, patience=1,
-        pooler="avg", mlp="none", progress=False, final_test=False))
+    cfg = TrainConfig.from_dict({
+        "model": str(tiny_bert_dir), "train_file": str(corpus), "output_dir": str(out), "data_dir": str(data),
+        "batch_size": 16, "learning_rate": 1e-3, "max_steps": 60, "eval_steps": 2, "patience": 1,
+        "pooler": "avg", "mlp": "none", "progress": False, "final_test": False})
     res = Trainer(cfg).train()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     scores = [r["eval/stsb_dev_spearman"] for r in rows if "eval/stsb_dev_spearman" in r]

@@ -30,9 +30,9 @@ from csekit.objectives import build_objective
 
 def _model(kind: str, *, hidden_p: float = 0.0, attn_p: float = 0.0, seed: int = 0):
     torch.manual_seed(seed)
-    common = dict(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                  intermediate_size=48, max_position_embeddings=40,
-                  hidden_dropout_prob=hidden_p, attention_probs_dropout_prob=attn_p)
+    common = {"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
+                  "intermediate_size": 48, "max_position_embeddings": 40,
+                  "hidden_dropout_prob": hidden_p, "attention_probs_dropout_prob": attn_p}
     if kind == "bert":
         model = BertModel(BertConfig(**common, type_vocab_size=2), add_pooling_layer=True)
     else:

@@ -49,13 +49,13 @@ def stored_low(request: pytest.FixtureRequest, tiny_bert_dir: Path,
 
 def test_low_precision_checkpoint_trains_with_fp32_master_weights(
         stored_low: tuple[str, Path], tmp_path: Path) -> None:
-    name, model_dir = stored_low
+    _name, model_dir = stored_low
     corpus = make_corpus(tmp_path / "c.txt", n=100)
     out = tmp_path / "run"
-    cfg = TrainConfig.from_dict(dict(
-        model=str(model_dir), train_file=str(corpus), output_dir=str(out), batch_size=8,
-        learning_rate=1e-3, max_steps=3, precision="bf16", pooler="cls", mlp="train",
-        progress=False, logging_steps=1))
+    cfg = TrainConfig.from_dict({
+        "model": str(model_dir), "train_file": str(corpus), "output_dir": str(out), "batch_size": 8,
+        "learning_rate": 1e-3, "max_steps": 3, "precision": "bf16", "pooler": "cls", "mlp": "train",
+        "progress": False, "logging_steps": 1})
     t = Trainer(cfg)
     enc = t.accelerator.unwrap_model(t.model)
     assert {p.dtype for p in enc.parameters()} == {torch.float32}
@@ -129,16 +129,16 @@ def test_bf16_dev_score_equals_csekit_eval_of_the_best_model(
     corpus = make_corpus(tmp_path / "c.txt", n=300)
     data = make_senteval(tmp_path / "senteval", n=400)
     out = tmp_path / "run"
-    cfg = TrainConfig.from_dict(dict(
-        model=str(tiny_bert_dir), train_file=str(corpus), output_dir=str(out),
-        data_dir=str(data), batch_size=16, learning_rate=1e-3, max_steps=4, eval_steps=2,
-        precision="bf16", pooler="avg", mlp="none", progress=False, final_test=False))
+    cfg = TrainConfig.from_dict({
+        "model": str(tiny_bert_dir), "train_file": str(corpus), "output_dir": str(out),
+        "data_dir": str(data), "batch_size": 16, "learning_rate": 1e-3, "max_steps": 4, "eval_steps": 2,
+        "precision": "bf16", "pooler": "avg", "mlp": "none", "progress": False, "final_test": False})
     res = Trainer(cfg).train()
     assert res.best_score is not None
     proc = subprocess.run(
         [sys.executable, "-m", "csekit", "eval", str(out), "--data-dir", str(data),
          "--tasks", "STSBenchmark", "--split", "dev", "--output", str(tmp_path / "dev.json")],
-        capture_output=True, text=True, timeout=300)
+        check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads((tmp_path / "dev.json").read_text())
     text = json.dumps(got)

@@ -12,30 +12,30 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 # (objective, backbone) -> published settings (REFERENCE.md)
 PUBLISHED = {
-    ("simcse", "bert-base"): dict(batch_size=64, learning_rate=3e-5),
-    ("simcse", "bert-large"): dict(batch_size=64, learning_rate=1e-5),
-    ("simcse", "roberta-base"): dict(batch_size=512, learning_rate=1e-5),
-    ("simcse", "roberta-large"): dict(batch_size=512, learning_rate=3e-5),
-    ("clusterns", "bert-base"): dict(batch_size=256, learning_rate=5e-5, n_clusters=128,
-                                     kmeans_lr=1e-3, kmeans_start_cosine=0.4, bml_weight=1e-3,
-                                     bml_alpha=0.0, bml_beta=0.3, patience=3),
-    ("clusterns", "bert-large"): dict(batch_size=512, learning_rate=5e-5, kmeans_lr=1e-3,
-                                      kmeans_start_cosine=0.5, bml_weight=5e-5, bml_alpha=0.25,
-                                      bml_beta=0.3),
-    ("clusterns", "roberta-base"): dict(batch_size=512, learning_rate=5e-5, kmeans_lr=1e-3,
-                                        kmeans_start_cosine=0.4, bml_weight=1e-4,
-                                        bml_alpha=0.2, bml_beta=0.5),
-    ("clusterns", "roberta-large"): dict(batch_size=512, learning_rate=5e-5, kmeans_lr=5e-4,
-                                         kmeans_start_cosine=0.4, bml_weight=0.0),
-    ("focal", "roberta-base"): dict(batch_size=512, learning_rate=1e-5, margin=0.3),
+    ("simcse", "bert-base"): {"batch_size": 64, "learning_rate": 3e-5},
+    ("simcse", "bert-large"): {"batch_size": 64, "learning_rate": 1e-5},
+    ("simcse", "roberta-base"): {"batch_size": 512, "learning_rate": 1e-5},
+    ("simcse", "roberta-large"): {"batch_size": 512, "learning_rate": 3e-5},
+    ("clusterns", "bert-base"): {"batch_size": 256, "learning_rate": 5e-5, "n_clusters": 128,
+                                     "kmeans_lr": 1e-3, "kmeans_start_cosine": 0.4, "bml_weight": 1e-3,
+                                     "bml_alpha": 0.0, "bml_beta": 0.3, "patience": 3},
+    ("clusterns", "bert-large"): {"batch_size": 512, "learning_rate": 5e-5, "kmeans_lr": 1e-3,
+                                      "kmeans_start_cosine": 0.5, "bml_weight": 5e-5, "bml_alpha": 0.25,
+                                      "bml_beta": 0.3},
+    ("clusterns", "roberta-base"): {"batch_size": 512, "learning_rate": 5e-5, "kmeans_lr": 1e-3,
+                                        "kmeans_start_cosine": 0.4, "bml_weight": 1e-4,
+                                        "bml_alpha": 0.2, "bml_beta": 0.5},
+    ("clusterns", "roberta-large"): {"batch_size": 512, "learning_rate": 5e-5, "kmeans_lr": 5e-4,
+                                         "kmeans_start_cosine": 0.4, "bml_weight": 0.0},
+    ("focal", "roberta-base"): {"batch_size": 512, "learning_rate": 1e-5, "margin": 0.3},
 }
 # Supervised SimCSE (REFERENCE.md "Supervised SimCSE"): batch 512 (4 x 128), lr 5e-5 base /
 # 1e-5 large, 3 epochs, T 0.05, max_len 32, eval every 125, pooler cls with the MLP kept at test.
 SUPERVISED = {
-    ("simcse", "bert-base"): dict(batch_size=512, learning_rate=5e-5),
-    ("simcse", "bert-large"): dict(batch_size=512, learning_rate=1e-5),
-    ("simcse", "roberta-base"): dict(batch_size=512, learning_rate=5e-5),
-    ("simcse", "roberta-large"): dict(batch_size=512, learning_rate=1e-5),
+    ("simcse", "bert-base"): {"batch_size": 512, "learning_rate": 5e-5},
+    ("simcse", "bert-large"): {"batch_size": 512, "learning_rate": 1e-5},
+    ("simcse", "roberta-base"): {"batch_size": 512, "learning_rate": 5e-5},
+    ("simcse", "roberta-large"): {"batch_size": 512, "learning_rate": 1e-5},
 }
 BACKBONES = {"bert-base": "bert-base-uncased", "bert-large": "bert-large-uncased",
              "roberta-base": "roberta-base", "roberta-large": "roberta-large"}

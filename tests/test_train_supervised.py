@@ -57,7 +57,7 @@ def config(tiny: Path, data: Path, out: Path, **kw: object) -> TrainConfig:
 def test_hard_negative_equal_to_positive_keeps_the_loss_above_log2(tiny_bert_dir: Path,
                                                                    tmp_path: Path) -> None:
     # mean pooling: sent1 (sent0 reversed) is learnable within a few dozen steps
-    kw = dict(max_steps=40, dropout=0.0, pooler="avg", mlp="none")
+    kw = {"max_steps": 40, "dropout": 0.0, "pooler": "avg", "mlp": "none"}
     pairs = Trainer(config(tiny_bert_dir, make_nli(tmp_path / "p.csv", pairs=True),
                            tmp_path / "p", **kw)).train()
     tied = Trainer(config(tiny_bert_dir, make_nli(tmp_path / "t.csv", hard_is_positive=True),
@@ -111,9 +111,9 @@ def test_hard_negative_weight_needs_triplets(tiny_bert_dir: Path, tmp_path: Path
 def test_supervised_interrupted_resume_equals_uninterrupted(tiny_bert_dir: Path, tmp_path: Path,
                                                             objective: str) -> None:
     data = make_nli(tmp_path / "nli.csv", n=80)
-    kw = dict(objective=objective, n_clusters=4, kmeans_start_cosine=0.99, max_steps=7,
-              save_steps=3, bml_weight=1e-3, hard_negative_weight=0.3, mlp="train",
-              learning_rate=5e-4)
+    kw = {"objective": objective, "n_clusters": 4, "kmeans_start_cosine": 0.99, "max_steps": 7,
+              "save_steps": 3, "bml_weight": 1e-3, "hard_negative_weight": 0.3, "mlp": "train",
+              "learning_rate": 5e-4}
     ref = Trainer(config(tiny_bert_dir, data, tmp_path / "a", **kw)).train()
     assert ref.stopped == "completed" and len(ref.losses) == 7
 

@@ -376,23 +376,23 @@ def _to_bool(value: Any) -> bool:
 
 def _to_int(value: Any) -> int:
     if isinstance(value, bool):
-        raise ValueError(value)
+        raise TypeError(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, (int, str)):
         return int(value)
-    raise ValueError(value)
+    raise TypeError(value)
 
 
 def _to_float(value: Any) -> float:
     if isinstance(value, (bool, dict, list)):
-        raise ValueError(value)
+        raise TypeError(value)
     return float(value)
 
 
 def _to_str(value: Any) -> str:
     if isinstance(value, (dict, list)):
-        raise ValueError(value)
+        raise TypeError(value)
     return str(value)
 
 

@@ -14,6 +14,8 @@ import threading
 from types import FrameType
 from typing import Any
 
+from typing_extensions import Self
+
 logger = logging.getLogger(__name__)
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -43,7 +45,7 @@ class StopSignal:
             logger.warning("received %s again: still saving, please wait",
                            signal.Signals(signum).name)
 
-    def __enter__(self) -> StopSignal:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             for sig in HANDLED:
                 self._previous[sig] = signal.signal(sig, self._handle)

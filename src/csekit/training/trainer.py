@@ -108,12 +108,12 @@ class Trainer:
             raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
         # find_unused_parameters is decided in _build, before prepare() reads it (speed.py)
         self._ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=False)
-        kwargs = dict(
-            mixed_precision=_MIXED[config.precision],
+        kwargs = {
+            "mixed_precision": _MIXED[config.precision],
             # Without a GPU, cpu=True lets Accelerate build a gloo group from torchrun's env.
-            cpu=not torch.cuda.is_available(),
-            kwargs_handlers=[self._ddp_kwargs],
-        )
+            "cpu": not torch.cuda.is_available(),
+            "kwargs_handlers": [self._ddp_kwargs],
+        }
         try:
             self.accelerator = Accelerator(**kwargs)
         except ValueError:
@@ -207,7 +207,7 @@ class Trainer:
             {"params": [p for n, p in named if any(k in n for k in no_decay)],
              "weight_decay": 0.0},
         ]
-        adam = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        adam = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_eps}
         try:  # fused kernels (CPU since torch 2.4, CUDA): several times faster than the loop
             optimizer = torch.optim.AdamW(groups, fused=True, **adam)
         except (RuntimeError, TypeError, ValueError):
