@@ -300,8 +300,8 @@ def main() -> int:
            "almost no padding; batches bounded by 128 sentences, 4096 padded tokens and 10% "
            "padding; "
            "`torch.inference_mode`; on CPU fp32 the linear layers run through oneDNN with bias, "
-           "GELU and (native backend) the residual addition fused (`csekit.modeling.cpu_fastpath`); "
-           "the native backend (`csekit.modeling.native_bert`, `native_tokenizer`) also skips "
+           "GELU and (native backend) the residual addition fused (`csekit.modeling.native.cpu_fastpath`); "
+           "the native backend (`csekit.modeling.native.bert`, `native_tokenizer`) also skips "
            "importing `transformers`, stacks Q/K/V into one product and drops the attention mask "
            "for batches without padding.")]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     from csekit.data import split_views, tokenize_pairs
     from csekit.modeling.encoder import Encoder
-    from csekit.modeling.subbatch import plan_length_subbatches
+    from csekit.modeling.speed.subbatch import plan_length_subbatches
     from csekit.objectives import build_objective
 
     enc = Encoder.from_pretrained(_model_path(a.model), pooler=a.pooler,

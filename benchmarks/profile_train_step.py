@@ -2,7 +2,7 @@
 
 The step is ``Trainer._step`` as training runs it (all-MiniLM-L6-v2 by default, batch 64,
 max_seq_len 32, fp32, 2 threads). Its parts are marked with ``record_function`` by wrapping
-the Trainer's own objects (nothing is replaced): ``tokenize`` (``_local_inputs``),
+the Trainer's own objects (nothing is replaced): ``tokenize`` (``BatchFeed.local_inputs``),
 ``forward`` (the prepared model's forward), ``objective``, ``backward``, ``clip``,
 ``optimizer``, ``zero_grad``. Within forward and backward, the operator table says which
 kernels the time goes to (matrix products, attention, GELU, LayerNorm, dropout, ...).
@@ -85,7 +85,7 @@ def instrument(trainer: Any) -> None:
 
         setattr(obj, attr, wrapped)
 
-    wrap(trainer, "_local_inputs", "tokenize")
+    wrap(trainer.feed, "local_inputs", "tokenize")
     wrap(trainer.model, "forward", "forward")
     wrap(trainer.objective, "forward", "objective")
     wrap(trainer.accelerator, "backward", "backward")
@@ -100,7 +100,7 @@ def padding_stats(tokenizer: Any, sentences: list[str], batch: int, seq_len: int
     import torch
 
     try:
-        from csekit.modeling.subbatch import plan_length_subbatches
+        from csekit.modeling.speed.subbatch import plan_length_subbatches
     except ImportError:  # csekit before issue #17: one padded batch
         def plan_length_subbatches(lens: Any, n: int) -> list[Any]:
             return [torch.arange(len(lens))]

@@ -200,7 +200,7 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
     """One csekit Trainer run; returns step times, padded lengths, memory, objective timing."""
     import torch
 
-    from csekit.modeling.subbatch import plan_length_subbatches
+    from csekit.modeling.speed.subbatch import plan_length_subbatches
     from csekit.training import TrainConfig, Trainer
 
     total = spec["warmup"] + spec["steps"]
@@ -217,7 +217,7 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
                       final_test=False, seed=spec.get("seed", 42), **extra)
     trainer = Trainer(cfg)
     clock = _Clock(spec["device"], total)
-    step, take = trainer._step, trainer._take
+    step, take = trainer._step, trainer.stepper.take
     n_sub = trainer._unwrapped().length_subbatches
     part_cost = trainer._unwrapped().subbatch_part_cost
 
@@ -226,9 +226,9 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
         clock.tick()
         return out
 
-    def recorded_take(item: Any) -> dict[str, torch.Tensor]:
+    def recorded_take(item: Any, state: Any) -> dict[str, torch.Tensor]:
         # (recorded when a batch is used: the trainer tokenises the next one ahead)
-        enc = take(item)
+        enc = take(item, state)
         clock.pad_lens.append(int(enc["input_ids"].shape[1]))
         lens = enc["attention_mask"].sum(1).cpu()
         clock.real_tokens.append(int(lens.sum()))
@@ -237,7 +237,7 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
         return enc
 
     trainer._step = timed_step  # type: ignore[method-assign]
-    trainer._take = recorded_take  # type: ignore[method-assign]
+    trainer.stepper.take = recorded_take
     if spec["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = _current_rss_mb()

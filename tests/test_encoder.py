@@ -83,7 +83,7 @@ def test_plan_batches_limits(max_padding: float) -> None:
     bounds; and each batch as large as the bounds allow (checked by trying one more)."""
     import numpy as np
 
-    from csekit.modeling.fast_encode import plan_batches
+    from csekit.modeling.speed.batching import plan_batches
 
     rng = np.random.default_rng(0)
     lengths = np.concatenate([rng.integers(3, 90, 300), [400, 1, 7, 7, 7]])
@@ -112,7 +112,7 @@ def test_stable_shapes_plan() -> None:
     the bounds; and so few distinct shapes that streaming chunks stop bringing new ones."""
     import numpy as np
 
-    from csekit.modeling.fast_encode import plan_batches, stable_rows
+    from csekit.modeling.speed.batching import plan_batches, stable_rows
 
     allowed = sorted({m * 2 ** k for m in (1, 3) for k in range(12)})
     for n in range(1, 700):
@@ -235,12 +235,12 @@ def test_save_is_atomic(enc_factory, tmp_path: Path, monkeypatch: pytest.MonkeyP
     enc.save(dest, metadata={"round": 2})  # replace an existing folder
     assert json.loads((dest / "csekit.json").read_text())["round"] == 2
 
-    import csekit.modeling.encoder as encoder_mod
+    import csekit.modeling.saved.folder as folder_mod
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(encoder_mod, "write_st_modules", boom)
+    monkeypatch.setattr(folder_mod, "write_st_modules", boom)
     with pytest.raises(OSError):
         enc.save(dest, metadata={"round": 3})
     assert json.loads((dest / "csekit.json").read_text())["round"] == 2  # old folder intact
@@ -338,7 +338,7 @@ def test_cli_encode(enc_factory, tiny_bert_dir: Path, tmp_path: Path, capsys) ->
 
 
 def test_cpu_fastpath_is_exact_and_temporary(enc_factory, monkeypatch: pytest.MonkeyPatch) -> None:
-    from csekit.modeling.cpu_fastpath import fastpath_available
+    from csekit.modeling.native.cpu_fastpath import fastpath_available
 
     enc = enc_factory(pooler="avg", mlp="train")
     monkeypatch.setenv("CSEKIT_CPU_FASTPATH", "0")
@@ -398,14 +398,15 @@ def test_sigkill_during_save_keeps_previous_model(enc_factory, tiny_bert_dir: Pa
     ready = tmp_path / "ready"
     script = f"""
 import time, pathlib
-import csekit.modeling.encoder as m
+import csekit.modeling.saved.folder as m
 real = m.write_st_modules
 def slow(*a, **k):
     real(*a, **k)
     pathlib.Path({str(ready)!r}).touch()
     time.sleep(120)
 m.write_st_modules = slow
-e = m.Encoder.from_pretrained({str(tiny_bert_dir)!r}, pooler="avg", mlp="none")
+from csekit.modeling.encoder import Encoder
+e = Encoder.from_pretrained({str(tiny_bert_dir)!r}, pooler="avg", mlp="none")
 e.save({str(dest)!r}, metadata={{"round": 2}})
 """
     proc = subprocess.Popen([sys.executable, "-c", script])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from csekit.modeling.encoder import Encoder
-from csekit.modeling.hub import model_files, push_folder
+from csekit.modeling.saved.hub import model_files, push_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import FakeHub
@@ -95,7 +95,7 @@ def test_push_folder_uploads_the_model_files(saved_run: Path, hub: FakeHub, onli
 def test_push_errors_are_one_line(saved_run: Path, hub: FakeHub, online,
                                   monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from csekit.errors import ConfigError, ModelLoadError
-    from csekit.modeling.hub import HubError
+    from csekit.modeling.saved.hub import HubError
 
     monkeypatch.setenv("HF_TOKEN", "wrong")
     with pytest.raises(HubError, match="refused.*401.*HF_TOKEN"):

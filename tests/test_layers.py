@@ -16,11 +16,12 @@ SRC = ROOT / "src" / "csekit"
 DOC = ROOT / "docs" / "architecture.md"
 
 
-def layer_order() -> list[list[str]]:
-    """Layers, lowest first; each a list of top-level names under csekit (module or package)."""
+def layer_order(block_name: str = "layers") -> list[list[str]]:
+    """Layers, lowest first; each a list of names (top-level modules or packages under csekit
+    for ``layers``; the rooms of csekit.modeling for ``modeling-rooms``)."""
     text = DOC.read_text(encoding="utf-8")
-    block = re.search(r"```layers\n(.*?)```", text, re.DOTALL)
-    assert block, "docs/architecture.md has no ```layers block"
+    block = re.search(rf"```{block_name}\n(.*?)```", text, re.DOTALL)
+    assert block, f"docs/architecture.md has no ```{block_name} block"
     return [line.split("#")[0].split() for line in block.group(1).splitlines()
             if line.split("#")[0].strip()]
 
@@ -83,6 +84,24 @@ def test_imports_only_go_down_the_layers() -> None:
     assert not bad, "\n".join(sorted(bad))
 
 
+def room(name: str) -> str | None:
+    """The room of a module of csekit.modeling (None outside it, and for the package itself)."""
+    parts = name.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == "modeling" else None
+
+
+def test_modeling_rooms_import_only_down() -> None:
+    """Inside modeling/, each room imports only itself and the rooms listed above it."""
+    rank = {n: i for i, layer in enumerate(layer_order("modeling-rooms")) for n in layer}
+    g = graph()
+    missing = sorted({room(m) for m in g if room(m) is not None} - set(rank))
+    assert not missing, f"add these to the modeling-rooms block of docs/architecture.md: {missing}"
+    bad = [f"{a} ({room(a)}) imports {b} ({room(b)})"
+           for a, deps in g.items() if room(a) is not None for b in deps
+           if room(b) is not None and room(b) != room(a) and rank[room(b)] >= rank[room(a)]]
+    assert not bad, "\n".join(sorted(bad))
+
+
 def test_no_import_cycles() -> None:
     g = graph()
     state: dict[str, int] = {}
@@ -123,3 +142,12 @@ def test_the_checker_catches_a_cycle_and_an_upward_import(tmp_path: Path, monkey
         test_imports_only_go_down_the_layers()
     with pytest.raises(AssertionError, match="import cycles"):
         test_no_import_cycles()
+    # and a room of modeling/ that imports one below it in the order (saved -> loading)
+    for sub in ("modeling", "modeling/saved", "modeling/loading"):
+        (fake / sub).mkdir(parents=True, exist_ok=True)
+        (fake / sub / "__init__.py").write_text("")
+    (fake / "modeling" / "saved" / "folder.py").write_text(
+        "from csekit.modeling.loading import load\n")
+    (fake / "modeling" / "loading" / "load.py").write_text("")
+    with pytest.raises(AssertionError, match="saved.folder \\(saved\\) imports"):
+        test_modeling_rooms_import_only_down()

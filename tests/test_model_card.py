@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from csekit.modeling.model_card import build_model_card, hub_id_or_none
+from csekit.modeling.saved.model_card import build_model_card, hub_id_or_none
 from csekit.training import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -15,8 +15,8 @@ import torch
 
 from csekit.errors import ConfigError, ModelLoadError
 from csekit.modeling.encoder import Encoder
-from csekit.modeling.native_bert import NativeUnsupported, load_native_encoder
-from csekit.modeling.native_tokenizer import WordPieceTokenizer
+from csekit.modeling.native.bert import NativeUnsupported, load_native_encoder
+from csekit.modeling.native.tokenizer import WordPieceTokenizer
 
 TRICKY = [
     "",

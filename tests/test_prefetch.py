@@ -93,10 +93,10 @@ def test_prefetch_on_equals_off_with_dropout(tiny_bert_dir: Path, tmp_path: Path
                            n_clusters=4, kmeans_start_cosine=0.99))
         calls: list[int] = []
 
-        def counted(bad, calls=calls, real=t._agree_step):
+        def counted(bad, calls=calls, real=t.stepper.agree):
             calls.append(1)
             return real(bad)
-        monkeypatch.setattr(t, "_agree_step", counted)
+        monkeypatch.setattr(t.stepper, "agree", counted)
         res = t.train()
         assert len(calls) == res.steps == 5  # one agreement (one collective) per update
         assert (t.state.epoch, t.state.batches_in_epoch) == (2, 2)  # 10 batches of 4 / epoch

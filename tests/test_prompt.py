@@ -18,7 +18,7 @@ import torch
 
 from csekit.errors import ConfigError
 from csekit.modeling.encoder import Encoder
-from csekit.modeling.prompt import (
+from csekit.modeling.representation.prompt import (
     DEFAULT_TEMPLATES,
     PromptConfig,
     add_period,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from csekit.modeling.prompt import DEFAULT_TEMPLATES
+from csekit.modeling.representation.prompt import DEFAULT_TEMPLATES
 from csekit.training import TrainConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "prompt"

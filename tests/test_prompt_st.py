@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from csekit.modeling.encoder import Encoder
-from csekit.modeling.prompt import PromptConfig
+from csekit.modeling.representation.prompt import PromptConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_prompt import SENTS, sts_sentences, tiny_roberta_dirs  # noqa: F401

@@ -112,7 +112,7 @@ def _nli_table(path: Path, n: int) -> Path:
 def test_supervised_prompt_views_layout(tiny_bert_dir: Path) -> None:
     """Row 3i+k is text k of row i; the anchor in T1, the positive and the hard negative in T2
     (PromptBERT denoises its third sentence with T2's template state); one template: T1 for all."""
-    from csekit.modeling.prompt import PromptConfig
+    from csekit.modeling.representation.prompt import PromptConfig
 
     rows = [("a b c", "d e", "f"), ("g", "h i j k", "l m")]
     for templates, want in [(None, [0, 1, 1]), (('The "[X]" is [MASK].',), [0, 0, 0])]:
@@ -137,7 +137,7 @@ def test_supervised_prompt_training_loss_equals_per_text_oracle(tiny_bert_dir: P
     hard negatives over embeddings computed one text at a time (each in its view's template,
     denoised with the template state at that text's length), dropout 0, no head."""
     from csekit.losses import info_nce
-    from csekit.modeling.prompt import PromptConfig
+    from csekit.modeling.representation.prompt import PromptConfig
 
     table = _nli_table(tmp_path / "nli.csv", 8)
     out = tmp_path / "run"

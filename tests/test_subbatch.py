@@ -20,9 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 from csekit.data import split_views, tokenize_pairs
-from csekit.modeling import subbatch
 from csekit.modeling.encoder import Encoder
-from csekit.modeling.subbatch import (
+from csekit.modeling.speed import subbatch
+from csekit.modeling.speed.spare_pooler import SparePooler
+from csekit.modeling.speed.subbatch import (
     part_cost_for_width,
     plan_length_subbatches,
     right_padded_lengths,
@@ -194,8 +195,7 @@ def test_unused_parameter_probe(tiny_bert_dir: Path) -> None:
     assert unused_parameters(enc) == []
     assert torch.equal(torch.get_rng_state(), rng)  # the run's random stream is untouched
     assert all(p.grad is None for p in enc.parameters())
-    enc._attach_backbone_pooler()  # run but not used by avg pooling: its weights get no grad
-    enc._spare_pooler = ()
+    enc._spare_pooler.attach(enc.backbone)  # run but not used by avg pooling: no grad
     enc.backbone.pooler = Encoder.from_pretrained(
         str(tiny_bert_dir), pooler="cls", mlp="none").backbone.pooler
     assert sorted(unused_parameters(enc)) == ["backbone.pooler.dense.bias",
@@ -215,7 +215,7 @@ def test_find_unused_parameters_only_when_a_parameter_is_unused(tiny_bert_dir: P
     configure_training_forward(enc, cfg, ddp_kwargs=ddp, world_size=2)
     assert enc.length_subbatches == 3 and ddp.find_unused_parameters is False
     assert "find_unused_parameters" not in ddp.to_kwargs()  # what Accelerate hands to DDP
-    enc._spare_pooler = ()
+    enc._spare_pooler = SparePooler()  # (the detached pooler dropped: another one runs)
     enc.backbone.pooler = Encoder.from_pretrained(
         str(tiny_bert_dir), pooler="cls", mlp="none").backbone.pooler  # run, never used
     configure_training_forward(enc, cfg, ddp_kwargs=ddp, world_size=2)

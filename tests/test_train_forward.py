@@ -1,4 +1,4 @@
-"""The lean training forward (csekit.modeling.train_forward, issue #17) against transformers.
+"""The lean training forward (csekit.modeling.speed.train_forward, issue #17) against transformers.
 
 Oracles: ``backbone(...).last_hidden_state`` of the same BertModel / RobertaModel in train mode
 (float64, dropout 0): the lean forward must give the same states, and the same gradient of every
@@ -24,7 +24,7 @@ from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
 from csekit.data import split_views, tokenize_pairs
 from csekit.modeling.encoder import Encoder
-from csekit.modeling.train_forward import lean_last_hidden, lean_unsupported
+from csekit.modeling.speed.train_forward import lean_last_hidden, lean_unsupported
 from csekit.objectives import build_objective
 
 
@@ -222,7 +222,7 @@ def test_cpu_bernoulli_noise_is_an_iid_keep_mask() -> None:
     """The CPU dropout noise: values {0, 1/keep}, kept with probability keep (binomial bound),
     no correlation between neighbours (two neighbours share one 64-bit word of the generator),
     governed by torch's RNG (manual_seed and get/set_rng_state reproduce it)."""
-    from csekit.modeling.train_forward import bernoulli_keep_noise, dropout
+    from csekit.modeling.speed.train_forward import bernoulli_keep_noise, dropout
 
     keep, shape = 0.9, (64, 128, 512)  # 4.2M elements
     torch.manual_seed(0)

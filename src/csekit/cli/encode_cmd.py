@@ -24,7 +24,7 @@ _COPY_ROWS = 1 << 16
 def register(subparsers: argparse._SubParsersAction) -> None:
     from csekit.cli.eval_cmd import add_backend_arg, add_template_arg
     from csekit.data.tabular import ON_BAD_LINE
-    from csekit.modeling.pooling import POOLERS
+    from csekit.modeling.representation.pooling import POOLERS
     from csekit.precision import PRECISIONS
 
     p = subparsers.add_parser(

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from csekit.modeling.pooling import POOLERS
+    from csekit.modeling.representation.pooling import POOLERS
     from csekit.precision import PRECISIONS
 
     p = subparsers.add_parser(

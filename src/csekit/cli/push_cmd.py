@@ -1,7 +1,7 @@
 """``csekit push DIR REPO``: upload a saved model folder to the Hugging Face Hub.
 
 The folder is the output of ``csekit train`` (or any folder written by ``Encoder.save``); the
-run's checkpoints and TensorBoard logs stay local (:mod:`csekit.modeling.hub`). The token is
+run's checkpoints and TensorBoard logs stay local (:mod:`csekit.modeling.saved.hub`). The token is
 huggingface_hub's (``HF_TOKEN`` or ``hf auth login``), the endpoint ``HF_ENDPOINT``.
 """
 
@@ -33,7 +33,7 @@ def add_hub_options(p: argparse.ArgumentParser) -> None:
 
 
 def push(folder: str, repo: str, args: argparse.Namespace) -> str:
-    from csekit.modeling.hub import push_folder
+    from csekit.modeling.saved.hub import push_folder
 
     url = push_folder(folder, repo, private=args.hub_private, revision=args.hub_revision,
                       commit_message=args.hub_message)

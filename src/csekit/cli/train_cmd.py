@@ -16,7 +16,7 @@ import os
 import typing
 from typing import Any
 
-from csekit.modeling.prompt import POSITION_MODES
+from csekit.modeling.representation.prompt import POSITION_MODES
 from csekit.training.config import (
     BML_REDUCTIONS,
     CENTROID_UPDATES,
@@ -187,7 +187,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     repo = getattr(args, "push_to_hub", None)
     if repo:
-        from csekit.modeling.hub import check_push_target
+        from csekit.modeling.saved.hub import check_push_target
 
         check_push_target(repo)  # fail now, not after hours of training
     result = Trainer(cfg).train()

@@ -22,7 +22,7 @@ def tokenize_pairs(tokenizer: Any, sentences: Sequence[str], max_seq_len: int = 
                    prompt: Any = None) -> dict[str, torch.Tensor]:
     """Tokenise ``sentences`` once and repeat each row twice.
 
-    With ``prompt`` (the encoder's :class:`~csekit.modeling.prompt.PromptPooling`), row 2i is
+    With ``prompt`` (the encoder's :class:`~csekit.modeling.representation.prompt.PromptPooling`), row 2i is
     sentence i in the view-1 template (T1) and row 2i+1 in the view-2 one (T2), and a
     ``prompt_template`` (2B,) tensor says which; ``max_seq_len`` then counts sentence tokens.
 

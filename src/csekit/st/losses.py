@@ -40,7 +40,7 @@ from torch import nn
 
 from csekit import distributed as dist
 from csekit.errors import ConfigError
-from csekit.modeling.pooling import MLPHead
+from csekit.modeling.representation.pooling import MLPHead
 from csekit.objectives import ObjectiveOutput, build_objective
 from csekit.objectives.citations import citations_for
 

@@ -30,7 +30,7 @@ from csekit.data.tabular import ON_BAD_LINE
 from csekit.data.triplets import SUPERVISION_MODES, parse_columns
 from csekit.errors import ConfigError
 from csekit.losses.margin import BML_REDUCTIONS
-from csekit.modeling.pooling import MLP_MODES, POOLERS
+from csekit.modeling.representation.pooling import MLP_MODES, POOLERS
 from csekit.objectives.defaults import PUBLISHED_DEFAULTS, objective_defaults
 from csekit.precision import PRECISIONS
 
@@ -65,7 +65,7 @@ class TrainConfig:
     dropout: float | None = None  # None: the backbone's own (0.1 for BERT/RoBERTa)
     trust_remote_code: bool = False
     max_seq_len: int = 32
-    # --- prompt pooler (PromptBERT; csekit.modeling.prompt), used with pooler: prompt.
+    # --- prompt pooler (PromptBERT; csekit.modeling.representation.prompt), used with pooler: prompt.
     # Templates hold [X] (sentence) and [MASK]; unset: the model family's PromptBERT T1 / T2.
     # T1 makes view 1 and evaluation, T2 the other views (T1 alone: every view uses it).
     # With the prompt pooler max_seq_len counts the sentence's tokens (template added on top).
@@ -123,7 +123,7 @@ class TrainConfig:
     # has measured it there (docs/training_speed.md)
     length_subbatches: int | None = None
     compile: bool = False  # torch.compile the backbone (did not pay on CPU when measured)
-    # BERT / RoBERTa train forward through csekit.modeling.train_forward (stacked QKV; [CLS]
+    # BERT / RoBERTa train forward through csekit.modeling.speed.train_forward (stacked QKV; [CLS]
     # pooling computes only position 0 in the last layer); off for other backbones and prompts
     lean_forward: bool = True
     # --- evaluation, early stopping
@@ -220,7 +220,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ derived values
     def prompt_config(self) -> Any:
         """The PromptConfig of the prompt pooler, or None for the other poolers."""
-        from csekit.modeling.prompt import PromptConfig
+        from csekit.modeling.representation.prompt import PromptConfig
 
         prompt_set = (self.prompt_template, self.prompt_template2)
         if self.pooler != "prompt":

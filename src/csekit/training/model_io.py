@@ -169,7 +169,7 @@ class BestModelKeeper:
         meta["test"] = test
         atomic_write_text(root / "csekit.json", json.dumps(meta, indent=2, default=str) + "\n")
         # ... and so does its model card, which is rendered from that metadata.
-        from csekit.modeling.model_card import CARD_FILE, build_model_card
+        from csekit.modeling.saved.model_card import CARD_FILE, build_model_card
 
         atomic_write_text(root / CARD_FILE,
                           build_model_card(json.loads(json.dumps(meta, default=str))))

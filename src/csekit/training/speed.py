@@ -1,7 +1,7 @@
 """Training-step speed settings that keep the maths (issue #17): one call from the Trainer.
 
 - **Length-sorted sub-batches** (``TrainConfig.length_subbatches``): the encoder's train-mode
-  forward runs the 2B rows as a few groups of similar length (:mod:`csekit.modeling.subbatch`).
+  forward runs the 2B rows as a few groups of similar length (:mod:`csekit.modeling.speed.subbatch`).
 - **find_unused_parameters** only when a parameter really is unused: DDP with
   ``find_unused_parameters=True`` walks the autograd graph every step. The encoder no longer
   holds the backbone's pooler when no forward uses it, so normally every trainable parameter
@@ -9,7 +9,7 @@
   train mode (under a forked RNG, so the run's dropout masks are not shifted), and only a
   model with parameters left without a gradient turns the walk on. Under one process it is
   not needed (no DDP) and the probe is skipped.
-- **The lean forward** (``TrainConfig.lean_forward``, :mod:`csekit.modeling.train_forward`):
+- **The lean forward** (``TrainConfig.lean_forward``, :mod:`csekit.modeling.speed.train_forward`):
   stacked Q/K/V and, for [CLS] pooling, only position 0 in the last layer. Off under
   ``compile`` (the compiled module's forward would not be the one that runs).
 - ``torch.compile`` of the backbone (``TrainConfig.compile``), in place (``Module.compile``),

@@ -53,7 +53,7 @@ def tokenize_batch(tokenizer: Any, local: Sequence[Any], mode: str,
     ``prompt``: the encoder's prompt pooling. Unsupervised: view 1 in template T1, view 2 in
     T2 (see :func:`csekit.data.tokenize_pairs`). Supervised: the anchor in T1, the positive and
     the hard negative in T2, or every text in T1 when one template is set, as PromptBERT's
-    supervised setting does (:meth:`~csekit.modeling.prompt.PromptPooling.views`)."""
+    supervised setting does (:meth:`~csekit.modeling.representation.prompt.PromptPooling.views`)."""
     if mode == "unsupervised":
         return tokenize_pairs(tokenizer, local, max_seq_len, prompt=prompt)
     if prompt is not None:

@@ -19,9 +19,7 @@ rest, so that every step is exactly what the papers describe:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -34,12 +32,10 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from csekit import distributed as D
 from csekit.data.triplets import open_training_corpus
-from csekit.errors import ConfigError, DataError, TrainingError
-from csekit.objectives.base import read_scalars
+from csekit.errors import ConfigError, DataError
 from csekit.precision import configure_tf32
 from csekit.training.agreement import (
     agree_errors,
-    agree_flags,
     agree_on_checkpoint,
     check_loaded_step,
     check_shared_output_dir,
@@ -47,23 +43,21 @@ from csekit.training.agreement import (
 from csekit.training.checkpoint import (
     TrainerState,
     checkpoint_dir,
-    list_checkpoints,
     load_checkpoint,
     rotate_checkpoints,
     save_checkpoint,
 )
 from csekit.training.config import TrainConfig
+from csekit.training.feed import BatchFeed
 from csekit.training.metrics import MetricsLogger
 from csekit.training.model_io import BestModelKeeper, recover_best
-from csekit.training.prefetch import Prefetcher, pin, to_device
+from csekit.training.optim import build_optimizer, linear_schedule, raw_optimizer
+from csekit.training.prefetch import Prefetcher
 from csekit.training.rng import get_rng_state, seed_dropout, seed_everything, set_rng_state
 from csekit.training.signals import StopSignal
 from csekit.training.speed import configure_training_forward
-from csekit.training.supervised import (
-    record_mode,
-    tokenize_batch,
-    views,
-)
+from csekit.training.step import StepResult, UpdateStep
+from csekit.training.supervised import record_mode
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +76,6 @@ class TrainResult:
     exit_code: int = 0
     losses: list[float] = field(default_factory=list)  # one per optimiser step of THIS process
     test: dict[str, Any] | None = None
-
-
-def linear_schedule(warmup: int, total: int):
-    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
-
-    def factor(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
 
 
 class Trainer:
@@ -199,73 +182,31 @@ class Trainer:
                 raise DataError(f"corpus {cfg.train_file} gives {self.batches_per_epoch} batches, "
                                 f"fewer than --grad-accum-steps {cfg.grad_accum_steps}")
         warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-        named = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for n, p in named if not any(k in n for k in no_decay)],
-             "weight_decay": cfg.weight_decay},
-            {"params": [p for n, p in named if any(k in n for k in no_decay)],
-             "weight_decay": 0.0},
-        ]
-        adam = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_eps}
-        try:  # fused kernels (CPU since torch 2.4, CUDA): several times faster than the loop
-            optimizer = torch.optim.AdamW(groups, fused=True, **adam)
-        except (RuntimeError, TypeError, ValueError):
-            optimizer = torch.optim.AdamW(groups, foreach=True, **adam)
-        self.model, self.optimizer = self.accelerator.prepare(self.encoder, optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(
+            self.encoder, build_optimizer(self.encoder, cfg))
         # Not prepared: Accelerate would step it once per process; it steps once per update here.
-        self.scheduler = LambdaLR(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
-                                  else self.optimizer, linear_schedule(warmup, self.total_steps))
+        self.scheduler = LambdaLR(raw_optimizer(self.optimizer),
+                                  linear_schedule(warmup, self.total_steps))
         self.state = TrainerState()
+        self.feed = BatchFeed(self.corpus, cfg, rank=self.rank, world=self.world,
+                              tokenizer=self.encoder.tokenizer, prompt=self.encoder.prompt,
+                              device=self.accelerator.device)
+        self.stepper = UpdateStep(config=cfg, accelerator=self.accelerator, model=self.model,
+                                  objective=self.objective, optimizer=self.optimizer,
+                                  scheduler=self.scheduler, world=self.world,
+                                  output_dir=self.output_dir, take=self.feed.take)
 
     def _count_batches(self) -> int:
         return self.corpus.num_batches(self.config.batch_size)
 
     # ------------------------------------------------------------------ data
-    def _micro_batches(self) -> Iterator[tuple[list[Any], tuple[int, int]]]:
-        """This process's slices of the global batches from the saved data position on, across
-        epochs, each with the data position after it, (epoch, batches consumed in it); the
-        state is set when a batch is used (:meth:`_take`), not when it is read ahead."""
-        cfg = self.config
-        epoch, done = self.state.epoch, self.state.batches_in_epoch
-        while True:
-            if cfg.max_steps is None and epoch >= cfg.epochs:
-                return
-            it = self.corpus.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch, skip=done,
-                                     rank=self.rank, world=self.world)
-            got = False
-            for batch in it:
-                if len(batch) < cfg.batch_size // self.world:
-                    break  # a short last batch is dropped (fixed global batch size)
-                got = True
-                done += 1
-                yield batch, (epoch, done)
-            if not got and done == 0:
-                raise DataError(f"corpus {cfg.train_file} yields no full batch of "
-                                f"{cfg.batch_size} sentences")
-            epoch, done = epoch + 1, 0
-
     def _data_stream(self) -> Prefetcher:
-        """Tokenised local batches, prepared one ahead in a background thread (pinned on
-        CUDA); each item is (host inputs, data position)."""
-        dev = self.accelerator.device
-
-        def prepare(item: tuple[list[str], tuple[int, int]]) -> tuple[dict[str, Any], Any]:
-            batch, position = item
-            return pin(self._local_inputs(batch), dev), position
-
-        return Prefetcher(self._micro_batches(), prepare, enabled=self.config.prefetch)
+        """Tokenised local batches from the saved data position on (:class:`BatchFeed`)."""
+        return self.feed.stream(self.state)
 
     def _take(self, item: tuple[dict[str, Any], tuple[int, int]]) -> dict[str, torch.Tensor]:
         """Use a prepared batch: record its data position, copy it to the device."""
-        inputs, (self.state.epoch, self.state.batches_in_epoch) = item
-        return to_device(inputs, self.accelerator.device)
-
-    def _local_inputs(self, local: list[Any]) -> dict[str, torch.Tensor]:
-        """This process's rows of the global batch, tokenised for all views (host tensors)."""
-        # (prompt pooler: the per-view templates, T1 for view 1 and T2 for view 2)
-        return tokenize_batch(self.encoder.tokenizer, local, self.config.supervision,
-                              self.config.max_seq_len, prompt=self.encoder.prompt)
+        return self.feed.take(item, self.state)
 
     # ------------------------------------------------------------------ resume
     def _resume(self) -> None:
@@ -276,8 +217,7 @@ class Trainer:
         path = checkpoint_dir(self.output_dir, self._resume_step)
         state, rng_states, saved_cfg = agree_errors(
             load_checkpoint, path, model=self.accelerator.unwrap_model(self.model),
-            optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
-            else self.optimizer, scheduler=self.scheduler, objective=self.objective,
+            optimizer=raw_optimizer(self.optimizer), scheduler=self.scheduler, objective=self.objective,
             scaler=self.accelerator.scaler)
         check_loaded_step(state.step, self._resume_step, self.accelerator.device)
         for key in ("model", "objective", "batch_size", "seed", "supervision"):
@@ -366,7 +306,7 @@ class Trainer:
                    disable=not (self.is_main and cfg.progress) or bool(os.environ.get("CI")),
                    dynamic_ncols=True)
         data = self._data = self._data_stream()
-        self._stop, self._stop_agreed = stop, False
+        self.stepper.stop, self.stepper.stop_agreed = stop, False
         self.model.train()
         t0, sent0 = time.perf_counter(), self.state.sentences_seen
         window: list[float] = []
@@ -424,109 +364,18 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def _interrupted(self) -> bool:
-        """A stop signal, agreed by all processes in the step's one collective; a single
+        """A stop signal, agreed by all processes in the update's one collective; a single
         process reads its own flag directly (nothing to agree on)."""
         if not D.is_distributed():
-            return self._stop.requested
-        return self._stop_agreed
+            return self.stepper.stop is not None and self.stepper.stop.requested
+        return self.stepper.stop_agreed
 
-    def _agree_step(self, nonfinite: bool) -> bool:
-        """The step's ONE collective: a non-finite loss on any process, a stop signal on any
-        process. Returns the first; keeps the second for :meth:`_interrupted`."""
-        stop = getattr(self, "_stop", None)
-        nonfinite, self._stop_agreed = agree_flags(
-            [nonfinite, bool(stop is not None and stop.requested)], self.accelerator.device)
-        return nonfinite
-
-    def _step(self, data: Iterator[Any]) -> tuple[float | None, dict[str, float], bool]:
-        """One optimiser update over ``grad_accum_steps`` global batches.
+    def _step(self, data: Iterator[Any]) -> StepResult:
+        """One optimiser update over ``grad_accum_steps`` global batches (:class:`UpdateStep`).
 
         Returns (mean loss, objective stats, applied); (None, {}, False) when data runs out.
         """
-        cfg = self.config
-        snapshot = None
-        if cfg.skip_nonfinite:
-            snapshot = {k: v.clone() if isinstance(v, torch.Tensor) else v
-                        for k, v in self.objective.state_dict().items()}
-        losses: list[float] = []
-        stats: dict[str, float] = {}
-        bad: float | None = None  # the first non-finite loss of this update
-        for micro in range(cfg.grad_accum_steps):
-            try:
-                item = next(data)
-            except StopIteration:
-                return None, {}, False
-            inputs = self._take(item)
-            last = micro == cfg.grad_accum_steps - 1
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
-            with sync:
-                z = self.model(**inputs).float()  # (n*b, d): rows n*i .. n*i+n-1 = example i
-                out = self.objective(*views(z, self.config.supervision))  # (z1, z2[, z3])
-                loss = out.loss
-                # Backward is queued before the host reads anything, so a GPU is never idle
-                # waiting for Python; a non-finite loss only gives non-finite gradients, which
-                # are dropped below before any optimiser step.
-                self.accelerator.backward(loss * (self.world / cfg.grad_accum_steps))
-            read = read_scalars(out.stats or {}, first=loss)  # the micro-step's one host sync
-            loss_value = read.pop("")
-            if bad is None and not math.isfinite(loss_value):
-                bad = loss_value
-            losses.append(loss_value)
-            stats = read
-            self.state.sentences_seen += cfg.batch_size
-        if self._agree_step(bad is not None):  # one collective per update
-            self._on_nonfinite(bad if bad is not None else float("nan"), snapshot)
-            return 0.0, {}, False
-        if cfg.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-        skipped = self._optimizer_step()
-        if not skipped:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if skipped:  # fp16: the scaler found inf/NaN gradients; not a step (schedule agrees)
-            self._on_overflow()
-            return sum(losses) / len(losses), stats, False
-        return sum(losses) / len(losses), stats, True
-
-    def _optimizer_step(self) -> bool:
-        """``optimizer.step()``; True when the fp16 gradient scaler skipped it.
-
-        Read from the loss scale (it backs off exactly when inf/NaN gradients were found), not
-        from Accelerate's ``step_was_skipped``: with a fused AdamW the scaler hands the
-        inf check to the kernel and always calls ``step``, so that flag stays False.
-        """
-        scaler = self.accelerator.scaler
-        before = scaler.get_scale() if scaler is not None else None
-        self.optimizer.step()
-        return before is not None and scaler.get_scale() < before
-
-    def _on_overflow(self) -> None:
-        self.state.skipped_overflow += 1
-        scaler = self.accelerator.scaler
-        logger.info("fp16 gradient overflow: update skipped, loss scale now %s (%d skipped)",
-                    scaler.get_scale() if scaler is not None else "n/a",
-                    self.state.skipped_overflow)
-
-    def _on_nonfinite(self, loss: float, snapshot: dict[str, Any] | None) -> None:
-        cfg = self.config
-        step = self.state.step + 1
-        last = list_checkpoints(self.output_dir)
-        if not cfg.skip_nonfinite:
-            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint yet"
-            raise TrainingError(f"non-finite loss ({loss}) at step {step}; stopped, {kept}"
-                                f"; lower --learning-rate, use --precision fp32, or pass "
-                                f"--skip-nonfinite")
-        # Every process ran the same backward (DDP's reducer stays consistent); drop the
-        # non-finite gradients (of every micro-batch so far) and the objective's state update.
-        self.optimizer.zero_grad(set_to_none=True)
-        if snapshot is not None:
-            self.objective.load_state_dict(snapshot)
-        self.state.skipped_nonfinite += 1
-        logger.warning("non-finite loss at step %d: update skipped (--skip-nonfinite; %d so far)",
-                       step, self.state.skipped_nonfinite)
-        if self.state.skipped_nonfinite > 100 and self.state.skipped_nonfinite > step // 2:
-            raise TrainingError(f"{self.state.skipped_nonfinite} non-finite losses by step "
-                                f"{step}: training diverged; lower --learning-rate")
+        return self.stepper.run(data, self.state)
 
     def _evaluate(self, metrics: MetricsLogger) -> None:
         data = getattr(self, "_data", None)
@@ -553,4 +402,4 @@ class Trainer:
         self.model.train()
 
 
-__all__ = ["TrainResult", "Trainer", "linear_schedule"]
+__all__ = ["TrainResult", "Trainer"]

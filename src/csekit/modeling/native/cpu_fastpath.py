@@ -9,7 +9,7 @@ on CPUs) does bias and exact-erf GELU inside the matrix product. The result is t
 The patch is temporary (instance-level ``forward`` overrides, removed on exit), used only by
 ``Encoder.encode`` in eval mode on the CPU in fp32, and only after a self-check on the running
 build; anywhere else, or if the op is missing, nothing changes. The native backend
-(:mod:`csekit.modeling.native_bert`) calls the same op directly, with the residual addition
+(:mod:`csekit.modeling.native.bert`) calls the same op directly, with the residual addition
 fused as well, after :func:`native_fastpath_available` checks those variants.
 """
 

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from csekit.errors import ConfigError, CsekitError, ModelLoadError, first_line
-from csekit.modeling.model_card import CARD_FILE, build_model_card
+from csekit.modeling.saved.model_card import CARD_FILE, build_model_card
 
 logger = logging.getLogger(__name__)
 

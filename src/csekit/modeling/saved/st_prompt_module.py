@@ -10,7 +10,7 @@ space, the '.' rule, the sentence's token budget, and (optionally) template deno
 
 A row is ``head + prefix + sentence[:budget] + suffix + tail``; the embedding is the last hidden
 state at the mask, minus the template-only state (positions after the slot shifted by the
-sentence length) when ``denoise`` is set. See csekit.modeling.prompt for the definitions.
+sentence length) when ``denoise`` is set. See csekit.modeling.representation.prompt for the definitions.
 """
 
 from __future__ import annotations

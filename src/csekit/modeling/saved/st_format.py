@@ -14,7 +14,7 @@ loads the folder without ``trust_remote_code``:
 The exception is ``prompt`` (PromptBERT), which sentence-transformers cannot express with its
 own modules (no template, no mask-token pooling): module 0 is then
 ``csekit_prompt.CsekitPromptTransformer``, a subclass of its Transformer shipped in the folder
-as ``csekit_prompt.py`` (:mod:`csekit.modeling.st_prompt_module`) with the template as token
+as ``csekit_prompt.py`` (:mod:`csekit.modeling.saved.st_prompt_module`) with the template as token
 ids in ``csekit_prompt.json``; loading needs ``SentenceTransformer(path,
 trust_remote_code=True)`` (sentence-transformers >= 6 requires it for any module outside its
 own namespace, local folders included).

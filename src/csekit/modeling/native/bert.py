@@ -11,7 +11,7 @@ changes that do not change the maths:
 * Q, K and V are one matrix product with the three weights stacked (one pass over the input).
 * On the CPU in fp32 (no autocast) the linear layers run through oneDNN with the bias, the
   activation and the residual addition fused into the product
-  (:mod:`csekit.modeling.cpu_fastpath`; off with ``CSEKIT_CPU_FASTPATH=0``); elsewhere they
+  (:mod:`csekit.modeling.native.cpu_fastpath`; off with ``CSEKIT_CPU_FASTPATH=0``); elsewhere they
   are ``F.linear`` + the same ops.
 * A batch without padding (the common case once sentences are sorted by length) runs attention
   without a mask.
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from csekit.modeling.cpu_fastpath import fastpath_enabled, native_fastpath_available
+from csekit.modeling.native.cpu_fastpath import fastpath_enabled, native_fastpath_available
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("bert", "roberta")
 # transformers' ACT2FN names -> how we compute them ("gelu" there is the exact erf GELU).

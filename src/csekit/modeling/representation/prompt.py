@@ -252,6 +252,30 @@ class PromptPooling:
                                   f"in the model's {self.max_positions} positions")
         self._tables: dict[torch.device, dict[str, torch.Tensor]] = {}
 
+    @classmethod
+    def for_backbone(cls, config: PromptConfig | None, tokenizer: Any,
+                     backbone_config: Any) -> PromptPooling:
+        """The prompt pooler of a backbone with this ``transformers`` config."""
+        c = backbone_config
+        return cls(config or PromptConfig(), tokenizer, model_type=getattr(c, "model_type", None),
+                   pad_token_id=getattr(c, "pad_token_id", None),
+                   max_positions=int(getattr(c, "max_position_embeddings", 0) or 512))
+
+    def pool_with(self, backbone: Any, last_hidden: torch.Tensor, attention_mask: torch.Tensor,
+                  prompt_template: torch.Tensor | None, *, training: bool) -> torch.Tensor:
+        """:meth:`pool` with the template states from ``backbone`` (a transformers model),
+        denoised as the settings say for training or evaluation."""
+        def run(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            # (always with the mask: without one, transformers >= 5.25 reads the jump in the
+            # position ids after the slot as a boundary between packed sequences)
+            return backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            return_dict=True).last_hidden_state
+
+        cfg = self.config
+        denoise = cfg.denoise if training else cfg.eval_denoise
+        return self.pool(last_hidden, attention_mask, prompt_template, denoise=denoise, run=run,
+                         grad=cfg.denoise_grad)
+
     # ------------------------------------------------------------------ tokenisation
     def view_template(self, view: int) -> int:
         """Template index of view ``view`` (0: T1; 1, 2, ...: T2, or T1 when only one is set)."""

@@ -1,21 +1,64 @@
-"""Batch planning for :meth:`csekit.modeling.encoder.Encoder.encode` (fast batched inference).
+"""Batch planning and the batch loop of :meth:`csekit.modeling.encoder.Encoder.encode` (fast
+batched inference).
 
 Where the time goes on a CPU is the backbone's matrix products, so the wins are in not
 computing what is thrown away: each unique sentence is tokenised once and encoded once; the
 sentences are sorted by *token* length (not characters), so a batch pads (almost) nothing;
 batches are bounded by a token budget as well as a sentence count; everything runs under
 ``torch.inference_mode`` with one tokenizer call for the whole input; on the CPU in fp32 the
-linear layers run through oneDNN with bias and GELU fused (:mod:`csekit.modeling.cpu_fastpath`,
+linear layers run through oneDNN with bias and GELU fused (:mod:`csekit.modeling.native.cpu_fastpath`,
 off with ``CSEKIT_CPU_FASTPATH=0``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+
+from csekit.errors import ConfigError
+
+
+def check_sentences(sentences: Any) -> list[str]:
+    """A list of str, or a one-line error naming the first thing that is not one."""
+    if isinstance(sentences, str):
+        raise ConfigError("encode() takes a list of sentences, not a single string")
+    sentences = list(sentences)
+    for i, s in enumerate(sentences):
+        if not isinstance(s, str):
+            raise ConfigError(f"sentence {i} is a {type(s).__name__}, not a str")
+    return sentences
+
+
+def unique_sentences(sentences: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct sentences in order of first appearance, and each input's index among them."""
+    index: dict[str, int] = {}
+    inverse = np.fromiter((index.setdefault(s, len(index)) for s in sentences),
+                          dtype=np.int64, count=len(sentences))
+    return list(index), inverse
+
+
+def token_ids_for_encode(tokenizer: Any, prompt: Any, sentences: Sequence[str],
+                         max_seq_len: int) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Token ids (unpadded) of each sentence, and its token type ids where they are not all 0.
+
+    With a prompt pooler (:class:`~csekit.modeling.representation.prompt.PromptPooling`): each
+    sentence in template T1 with the evaluation rules, ``max_seq_len`` counting sentence tokens.
+    """
+    if prompt is not None:
+        ids = prompt.encode_ids(list(sentences), max_seq_len, template=0,
+                                period=prompt.config.eval_period)
+        return ids, None
+    want_tt = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+    encoded = tokenizer(list(sentences), truncation=True, max_length=max_seq_len, padding=False,
+                        return_attention_mask=False, return_token_type_ids=want_tt)
+    tt = encoded.get("token_type_ids") if want_tt else None
+    if tt is not None and not any(any(t) for t in tt):
+        tt = None  # all zeros: the backbone's default, no need to build and pass them
+    return encoded["input_ids"], tt
 
 
 def stable_rows(n: int) -> int:
@@ -86,3 +129,27 @@ def progress_bar(total: int, enabled: bool) -> Any:
     except ImportError:  # pragma: no cover
         return None
     return tqdm(total=total, desc="encoding", unit="sent")
+
+
+def run_batches(forward: Callable[..., torch.Tensor], ids_list: Sequence[Sequence[int]],
+                tt_list: Sequence[Sequence[int]] | None, lengths: np.ndarray,
+                batches: Sequence[np.ndarray], pad_id: int, out: torch.Tensor,
+                device: torch.device, *, show_progress: bool = False) -> None:
+    """``out[idx] = forward(ids, mask, token_types)`` for each planned batch ``idx`` (rows sorted
+    by length, so the first row's length is the batch's width), with a progress bar."""
+    bar = progress_bar(len(ids_list), show_progress)
+    try:
+        for idx in batches:
+            width = int(lengths[idx[0]])
+            ids, mask = pad_batch([ids_list[j] for j in idx], width, pad_id)
+            tts = None
+            if tt_list is not None:
+                tts, _ = pad_batch([tt_list[j] for j in idx], width, 0)
+            emb = forward(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
+                          torch.from_numpy(tts).to(device) if tts is not None else None)
+            out[torch.from_numpy(idx)] = emb.float().cpu()
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()

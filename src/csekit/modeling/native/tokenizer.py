@@ -10,7 +10,7 @@ the BERT pre-tokenizer; ``[CLS] A [SEP]`` post-processing - and calls it the sam
 
 Only folders whose files leave no doubt qualify: anything else (other tokenizer classes, extra
 special tokens, a ``special_tokens_map.json`` that disagrees, a non-default WordPiece) raises
-:class:`~csekit.modeling.native_bert.NativeUnsupported` and ``backend="auto"`` uses
+:class:`~csekit.modeling.native.bert.NativeUnsupported` and ``backend="auto"`` uses
 ``transformers``. Tests compare the token ids with ``AutoTokenizer`` on every STS sentence.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from csekit.modeling.native_bert import NativeUnsupported, read_json_object
+from csekit.modeling.native.bert import NativeUnsupported, read_json_object
 
 _BERT_CLASSES = ("BertTokenizer", "BertTokenizerFast")
 _SPECIAL_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")

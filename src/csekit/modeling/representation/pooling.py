@@ -11,7 +11,7 @@ Poolers (``hidden_states`` are the backbone's per-layer outputs, index 0 = embed
   versions of that script used hidden_states[0], the embedding output).
 * ``avg_top2``: mean over tokens of (hidden_states[-2] + hidden_states[-1]) / 2.
 * ``prompt``: PromptBERT's last-layer state at the mask token of a template holding the sentence
-  (:mod:`csekit.modeling.prompt`: templates, tokenisation, template denoising).
+  (:mod:`csekit.modeling.representation.prompt`: templates, tokenisation, template denoising).
 """
 
 from __future__ import annotations
@@ -19,10 +19,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from csekit.errors import ConfigError
+
 POOLERS: tuple[str, ...] = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2",
                              "prompt")
 MLP_MODES: tuple[str, ...] = ("train", "always", "none")
 HIDDEN_STATE_POOLERS: frozenset[str] = frozenset({"avg_first_last", "avg_top2"})
+
+
+def check_pooler_fits(pooler: str, head: nn.Module | None, backbone: nn.Module,
+                      backbone_pooler_trained: bool) -> None:
+    """A one-line error where the pooler cannot run on this backbone (and head)."""
+    if pooler == "cls" and head is None:
+        if not backbone_pooler_trained:
+            raise ConfigError(
+                "pooler 'cls' would use the backbone's pooler, whose weights are not in the "
+                "checkpoint (randomly initialised); use --pooler cls_before_pooler")
+        if getattr(backbone, "pooler", None) is None:
+            raise ConfigError(
+                f"pooler 'cls' needs a pooler layer, and {type(backbone).__name__} has none; "
+                "use --pooler cls_before_pooler or an MLP head")
+    if pooler in HIDDEN_STATE_POOLERS and int(backbone.config.num_hidden_layers) < 2:
+        raise ConfigError(f"pooler {pooler!r} needs a backbone with at least 2 layers")
 
 
 class MLPHead(nn.Module):
