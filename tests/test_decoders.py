@@ -108,6 +108,7 @@ def test_instruction_is_text_before_every_sentence(families, tmp_path: Path) -> 
     enc.save(tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config_sentence_transformers.json").read_text())
     assert cfg["prompts"][cfg["default_prompt_name"]] == INSTRUCTION
+    assert "Instruction before every text" in (tmp_path / "m" / "README.md").read_text()
     assert Encoder.from_pretrained(tmp_path / "m").tokenizer.instruction == INSTRUCTION
     assert_st_equal(tmp_path / "m")
     # "" switches a saved instruction off

@@ -73,6 +73,7 @@ def test_only_adapters_and_head_train_and_the_merged_save_equals_them(
     assert_st_equal(out)
     meta = json.loads((out / "csekit.json").read_text())
     assert meta["lora"]["r"] == 4 and meta["lora"]["adapter"] == "lora_adapter"
+    assert "Trained with LoRA (r 4" in (out / "README.md").read_text()
 
     # the adapter, loaded by peft onto the base model, gives the same token states
     from transformers import AutoModel

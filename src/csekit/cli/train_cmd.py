@@ -57,7 +57,8 @@ HELP: dict[str, str] = {
                               "more compute; turns the lean BERT/RoBERTa forward off)",
     "lora_r": "train LoRA adapters of this rank (peft: pip install 'csekit[lora]') instead of "
               "every weight; the saved model is merged",
-    "lora_alpha": "LoRA scaling alpha (the update is B A x alpha / r)",
+    "lora_alpha": "LoRA scaling alpha (the update is B A x alpha / r); default 2 x r, as "
+                  "LLM2Vec",
     "lora_dropout": "dropout on the LoRA branch's input",
     "lora_target_modules": "comma-separated module names to adapt (default: the "
                            "architecture's, docs/backbones.md)",

@@ -103,13 +103,11 @@ class Encoder(nn.Module):
         check_pooler_fits(pooler, self.head, backbone, backbone_pooler_trained)
         self.max_seq_len = int(max_seq_len) if max_seq_len else \
             model_max_len(tokenizer, backbone.config)
-        # Train-mode forward in up to this many length-sorted sub-batches (1: one batch); the
-        # Trainer sets it from TrainConfig.length_subbatches.
+        # Train-mode forward in up to this many length-sorted sub-batches (Trainer-set)
         self.length_subbatches = 1
         self.subbatch_part_cost = part_cost_for_width(hidden)  # tokens per extra sub-batch
-        # Train-mode forward through csekit.modeling.speed.train_forward (stacked QKV, no dead
-        # work in the last layer for [CLS] pooling) where it covers the backbone; the Trainer
-        # sets it from TrainConfig.lean_forward. lean_reason: why it cannot (None: it can).
+        # Train-mode forward through csekit.modeling.speed.train_forward where it covers the
+        # backbone (Trainer-set); lean_reason: why it cannot (None: it can).
         self.lean_forward = False
         self.lean_reason: str | None = lean_unsupported(backbone) if backend == "hf" else \
             "the native inference backend"
@@ -117,7 +115,6 @@ class Encoder(nn.Module):
         self._spare_pooler = SparePooler()
         if backend == "hf" and not (pooler == "cls" and self.head is None):
             self._spare_pooler.detach(backbone)
-        # --- prompt poolers (PromptBERT / PromptEOL: representation/prompt.py)
         self.prompt = prompt_pooling(pooler, prompt, tokenizer, backbone.config)
         self._takes_token_types = forward_accepts(backbone, "token_type_ids")
 
@@ -132,11 +129,9 @@ class Encoder(nn.Module):
 
     @property
     def runs_lean_forward(self) -> bool:
-        """Whether train-mode forwards run :func:`lean_last_hidden` (else transformers').
-
-        On when ``lean_forward`` is set and it covers the backbone, the pooler reads only the
-        last layer (not ``avg_first_last`` / ``avg_top2``) and there is no prompt pooler.
-        """
+        """Whether train-mode forwards run :func:`lean_last_hidden` (else transformers'): when
+        ``lean_forward`` is set, it covers the backbone, the pooler reads only the last layer
+        and there is no prompt pooler."""
         return (self.lean_forward and self.lean_reason is None
                 and self.pooler not in HIDDEN_STATE_POOLERS and self.prompt is None)
 
@@ -159,11 +154,10 @@ class Encoder(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def tokenize(self, sentences: list[str], max_seq_len: int | None = None) -> dict[str, torch.Tensor]:
-        """Tokenise with padding to the longest sentence and truncation.
-
-        Shape: -> input_ids, attention_mask[, token_type_ids] each (B, L).
-        With the prompt pooler: input_ids, attention_mask (B, L), prompt_template (B,), each
+        """Tokenise with padding to the longest sentence and truncation. Prompt poolers: each
         sentence in T1 with the evaluation rules, ``max_seq_len`` counting sentence tokens.
+
+        Shape: -> input_ids, attention_mask[, token_type_ids] each (B, L) [, prompt_template (B,)].
         """
         if self.prompt is not None:
             return self.prompt.batch(list(sentences), max_seq_len, templates=[0] * len(sentences),
@@ -185,11 +179,9 @@ class Encoder(nn.Module):
         ``cls`` without a csekit head].
 
         In train mode with ``length_subbatches`` > 1 the rows run as up to that many
-        length-sorted sub-batches, each padded to its own longest row, and come back in input
-        order (:mod:`csekit.modeling.speed.subbatch`; the same maths, less padding). The prompt
-        pooler always runs one batch (its template-only rows are built per batch).
-
-        ``prompt_template`` (B,): each row's template index for the prompt pooler (None: T1).
+        length-sorted sub-batches (:mod:`csekit.modeling.speed.subbatch`; the same maths, less
+        padding), except with a prompt pooler. ``prompt_template`` (B,): each row's template
+        index for the prompt poolers (None: T1).
 
         Shape: input_ids, attention_mask, token_type_ids (B, L) -> (B, H).
         """

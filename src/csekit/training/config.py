@@ -71,7 +71,7 @@ class TrainConfig:
     bidirectional: bool = False  # decoder attention made bidirectional (Gemma family only)
     gradient_checkpointing: bool = False  # recompute activations in backward (turns lean off)
     lora_r: int | None = None  # LoRA rank through peft; None: full fine-tuning
-    lora_alpha: float = 16.0
+    lora_alpha: float | None = None  # None: 2 x lora_r (LLM2Vec's rule)
     lora_dropout: float = 0.05
     lora_target_modules: str | None = None  # "q_proj,v_proj"; None: the architecture's default
     lora_save_adapter: bool = False  # also save the adapter (lora_adapter/) beside the merged model
@@ -259,7 +259,8 @@ class TrainConfig:
         targets = None
         if self.lora_target_modules:
             targets = tuple(t.strip() for t in self.lora_target_modules.split(",") if t.strip())
-        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+        alpha = self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_r
+        return LoraSettings(r=self.lora_r, alpha=alpha, dropout=self.lora_dropout,
                             target_modules=targets or None)
 
     @property

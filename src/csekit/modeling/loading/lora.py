@@ -8,9 +8,10 @@ layer, :func:`merged_copy`), so the folder is a plain model that sentence-transf
 and on request the adapter itself (:func:`save_adapter`, loadable with
 ``peft.PeftModel.from_pretrained(base, folder)``).
 
-Default target modules per architecture (:data:`DEFAULT_TARGETS`): every attention projection
-of the encoders; for decoder LLMs the attention and MLP projections, as LLM2Vec adapts them.
-These defaults are csekit's choice, not published for these models (docs/backbones.md).
+Default target modules per architecture (:data:`DEFAULT_TARGETS`): for decoder LLMs the
+attention and MLP projections, as LLM2Vec's released code adapts Llama / Mistral / Gemma / Qwen2;
+for the encoders every attention projection, csekit's choice (no paper publishes LoRA SimCSE on
+them; docs/backbones.md).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class LoraSettings:
 
     r: int
     alpha: float = 16.0
-    dropout: float = 0.05
+    dropout: float = 0.05  # LLM2Vec's default (experiments/run_simcse.py)
     target_modules: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
