@@ -204,3 +204,19 @@ def test_api_errors_are_config_errors(families, tiny_bert_dir: Path) -> None:
         Encoder.from_pretrained(tiny_bert_dir, pooler="last")
     with pytest.raises(ConfigError, match="first token"):
         Encoder.from_pretrained(families.build("llama"), pooler="cls", mlp="train")
+
+
+def test_instruction_on_an_encoder_with_the_native_backend(tiny_bert_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """A saved instruction also reaches csekit's native BERT tokenizer (`csekit eval`'s auto
+    backend on the CPU) and sentence-transformers."""
+    enc = Encoder.from_pretrained(tiny_bert_dir, pooler="avg", mlp="none",
+                                  instruction="query : ")
+    enc.save(tmp_path / "m")
+    native = Encoder.from_pretrained(tmp_path / "m", backend="native")
+    assert native.backend == "native" and native.tokenizer.instruction == "query : "
+    torch.testing.assert_close(native.encode(SENTS), enc.encode(SENTS), rtol=0, atol=2e-5)
+    plain = Encoder.from_pretrained(tiny_bert_dir, pooler="avg", mlp="none")
+    torch.testing.assert_close(enc.encode(SENTS), plain.encode(["query : " + s for s in SENTS]),
+                               rtol=0, atol=1e-6)
+    assert_st_equal(tmp_path / "m")
