@@ -127,3 +127,18 @@ def test_lora_bad_settings_are_one_line(families, corpus: Path, tmp_path: Path,
         assert rc == 2 and len(err) == 1 and needle in err[0], (flags, err)
     with pytest.raises(ConfigError, match="no default target modules for model type 'mpnet2'"):
         LoraSettings(r=4).targets_for("mpnet2")
+
+
+def test_bf16_autocast_over_fp32_lora_weights(families, corpus: Path, tmp_path: Path) -> None:
+    """bf16 as for every backbone: autocast over fp32 master weights (the adapters included),
+    the saved merged model in fp32."""
+    cfg = lora_config(families.build("llama"), corpus, tmp_path / "o", pooler="last",
+                      mlp="none", precision="bf16", max_steps=2)
+    trainer = Trainer(cfg)
+    res = trainer.train()
+    enc = trainer.accelerator.unwrap_model(trainer.model)
+    assert res.steps == 2 and all(torch.isfinite(torch.tensor(res.losses)))
+    assert {p.dtype for p in enc.parameters()} == {torch.float32}
+    with safe_open(str(tmp_path / "o" / "model.safetensors"), framework="pt") as f:
+        names = list(f.keys())
+        assert {f.get_tensor(k).dtype for k in names} == {torch.float32}
