@@ -58,8 +58,9 @@ class SavableEncoder(Protocol):
 
 
 def prompt_metadata(prompt: PromptPooling) -> dict[str, Any]:
-    """The prompt settings with the templates resolved (what csekit.json stores)."""
-    return {**prompt.config.to_dict(), "templates": list(prompt.templates)}
+    """The prompt settings with the templates and denoising resolved (what csekit.json stores)."""
+    return {**prompt.config.to_dict(), "templates": list(prompt.templates),
+            "denoise": prompt.denoise}
 
 
 def write_encoder_folder(enc: SavableEncoder, path: str | os.PathLike[str],
