@@ -80,3 +80,12 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, bert_mini_dir: Path)
     BertModel(cfg).save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def families(tmp_path_factory: pytest.TempPathFactory, bert_mini_dir: Path, wiki_corpus: Path):
+    """Tiny random models of every backbone family (tests/backbone_families.py), each built
+    once per session on first use: ``families.build("modernbert")`` -> its folder."""
+    from backbone_families import FamilyBuilder
+
+    return FamilyBuilder(tmp_path_factory.mktemp("families"), bert_mini_dir, wiki_corpus)

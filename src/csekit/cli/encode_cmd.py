@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
                                   trust_remote_code=args.trust_remote_code,
                                   backend=args.backend, device=device,
-                                  templates=[args.template] if args.template else None)
+                                  templates=[args.template] if args.template else None,
+                                  instruction=args.instruction)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npy")

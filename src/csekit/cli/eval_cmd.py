@@ -50,6 +50,8 @@ def add_template_arg(p: argparse.ArgumentParser) -> None:
                    help="with --pooler prompt: the template, with [X] for the sentence and "
                         "[MASK] for the mask, e.g. 'This sentence of \"[X]\" means[MASK].' "
                         "(default: the saved one, else PromptBERT's T1 for the model family)")
+    p.add_argument("--instruction", default=None, metavar="TEXT",
+                   help="text put before every sentence (default: the saved one; '' for none)")
 
 
 def add_backend_arg(p: argparse.ArgumentParser) -> None:
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     enc = Encoder.from_pretrained(args.model, pooler=args.pooler,
                                   trust_remote_code=args.trust_remote_code,
                                   backend=args.backend, device=device,
-                                  templates=[args.template] if args.template else None)
+                                  templates=[args.template] if args.template else None,
+                                  instruction=args.instruction)
     enc.to(device)
 
     def encode(sentences: list[str]):

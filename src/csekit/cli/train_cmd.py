@@ -45,11 +45,30 @@ HELP: dict[str, str] = {
     "objective": "training objective",
     "pooler": "training pooler (with --mlp train, evaluation uses cls_before_pooler)",
     "mlp": "MLP head: train (SimCSE mlp_only_train), always, none",
-    "dropout": "override the backbone's dropout (default: its own, 0.1 for BERT)",
+    "dropout": "set every dropout of the backbone to this rate (default: its own, 0.1 for "
+               "BERT; ModernBERT, ALBERT and decoder LLMs ship 0: unsupervised training then "
+               "stops at start and asks for it)",
+    "instruction": "text put before every sentence in training and evaluation (decoder "
+                   "embedding models, e.g. 'Instruct: ...\\nQuery: '); saved as the "
+                   "sentence-transformers default prompt",
+    "bidirectional": "bidirectional attention in a decoder LLM (LLM2Vec); only where "
+                     "transformers has the switch (Gemma family), see docs/backbones.md",
+    "gradient_checkpointing": "recompute activations in the backward pass (less memory, ~1/3 "
+                              "more compute; turns the lean BERT/RoBERTa forward off)",
+    "lora_r": "train LoRA adapters of this rank (peft: pip install 'csekit[lora]') instead of "
+              "every weight; the saved model is merged",
+    "lora_alpha": "LoRA scaling alpha (the update is B A x alpha / r); default 2 x r, as "
+                  "LLM2Vec",
+    "lora_dropout": "dropout on the LoRA branch's input",
+    "lora_target_modules": "comma-separated module names to adapt (default: the "
+                           "architecture's, docs/backbones.md)",
+    "lora_save_adapter": "also save the LoRA adapter (OUTPUT_DIR/lora_adapter, peft format) "
+                         "beside the merged model",
     "prompt_template": "prompt pooler T1 (view 1 and evaluation), with [X] and [MASK]; default: "
                        "PromptBERT's for the model family",
     "prompt_template2": "prompt pooler T2 (the other views); default: PromptBERT's",
-    "prompt_denoise": "prompt: subtract the template-only mask state in training (PromptBERT)",
+    "prompt_denoise": "prompt: subtract the template-only state in training (default: on for "
+                      "prompt as PromptBERT, off for prompteol as PromptEOL)",
     "prompt_denoise_grad": "prompt: gradient through the template states (PromptBERT: on)",
     "prompt_positions": "prompt: template-state position ids, model numbering or PromptBERT's "
                         "0-based reference ids (differ for RoBERTa only)",

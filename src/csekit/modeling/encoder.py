@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,14 +23,17 @@ from csekit.errors import ConfigError
 from csekit.modeling.hf import forward_accepts, model_max_len
 from csekit.modeling.loading.backends import BACKENDS, auto_uses_native
 from csekit.modeling.loading.load import check_choices, load_encoder_parts
+from csekit.modeling.loading.lora import LoraSettings, has_lora, lora_saving, merged_copy
 from csekit.modeling.native.cpu_fastpath import fastpath_enabled, fused_cpu_linears
+from csekit.modeling.representation.instruction import encoder_tokenizer
+from csekit.modeling.representation.last_token import check_pooler_fits_architecture
 from csekit.modeling.representation.pooling import (
     HIDDEN_STATE_POOLERS,
     MLPHead,
     check_pooler_fits,
     pool_tokens,
 )
-from csekit.modeling.representation.prompt import PromptConfig, PromptPooling
+from csekit.modeling.representation.prompt import PromptConfig, prompt_pooling
 from csekit.modeling.saved.folder import HEAD_FILE, prompt_metadata, write_encoder_folder
 from csekit.modeling.speed.batching import (
     check_sentences,
@@ -49,10 +52,10 @@ class Encoder(nn.Module):
     """HF backbone + pooler + optional MLP head.
 
     Args:
-        backbone: a ``transformers`` AutoModel (BERT, RoBERTa, ...).
+        backbone: a ``transformers`` AutoModel (BERT, RoBERTa, ModernBERT, a decoder LLM, ...).
         tokenizer: its tokenizer.
-        pooler: cls | cls_before_pooler | avg | avg_first_last | avg_top2 | prompt (see
-            :mod:`csekit.modeling.representation`).
+        pooler: cls | cls_before_pooler | avg | avg_first_last | avg_top2 | last | prompt |
+            prompteol (see :mod:`csekit.modeling.representation`).
         mlp: ``train`` (SimCSE ``mlp_only_train``: head in train mode only), ``always`` or
             ``none``. With ``pooler="cls"`` and ``mlp="none"`` the backbone's own pooler is used.
         max_seq_len: default truncation length of ``encode``.
@@ -60,7 +63,9 @@ class Encoder(nn.Module):
         normalize: whether ``encode`` L2-normalises by default.
         backend: ``hf`` (a ``transformers`` model: trainable, savable) or ``native``
             (:mod:`csekit.modeling.native.bert`, inference only); set by ``from_pretrained``.
-        prompt: the prompt pooler's settings (pooler ``prompt``).
+        prompt: the prompt pooler's settings (pooler ``prompt`` / ``prompteol``).
+        instruction: text put before every sentence
+            (:mod:`csekit.modeling.representation.instruction`).
     """
 
     def __init__(
@@ -76,14 +81,17 @@ class Encoder(nn.Module):
         backbone_pooler_trained: bool = True,
         backend: str = "hf",
         prompt: PromptConfig | None = None,
+        instruction: str | None = None,
     ) -> None:
         super().__init__()
         if backend not in ("hf", "native"):
             raise ConfigError(f"unknown backend {backend!r}; choose hf or native")
         check_choices(pooler, mlp)
+        check_pooler_fits_architecture(pooler, backbone)
         self.backend = backend
         self.backbone = backbone
-        self.tokenizer = tokenizer
+        # (EOS appended for ``last``; the instruction in front of every text)
+        self.tokenizer = encoder_tokenizer(tokenizer, pooler=pooler, instruction=instruction)
         self.pooler = pooler
         self.mlp = mlp
         self.normalize = normalize
@@ -95,13 +103,11 @@ class Encoder(nn.Module):
         check_pooler_fits(pooler, self.head, backbone, backbone_pooler_trained)
         self.max_seq_len = int(max_seq_len) if max_seq_len else \
             model_max_len(tokenizer, backbone.config)
-        # Train-mode forward in up to this many length-sorted sub-batches (1: one batch); the
-        # Trainer sets it from TrainConfig.length_subbatches.
+        # Train-mode forward in up to this many length-sorted sub-batches (Trainer-set)
         self.length_subbatches = 1
         self.subbatch_part_cost = part_cost_for_width(hidden)  # tokens per extra sub-batch
-        # Train-mode forward through csekit.modeling.speed.train_forward (stacked QKV, no dead
-        # work in the last layer for [CLS] pooling) where it covers the backbone; the Trainer
-        # sets it from TrainConfig.lean_forward. lean_reason: why it cannot (None: it can).
+        # Train-mode forward through csekit.modeling.speed.train_forward where it covers the
+        # backbone (Trainer-set); lean_reason: why it cannot (None: it can).
         self.lean_forward = False
         self.lean_reason: str | None = lean_unsupported(backbone) if backend == "hf" else \
             "the native inference backend"
@@ -109,12 +115,7 @@ class Encoder(nn.Module):
         self._spare_pooler = SparePooler()
         if backend == "hf" and not (pooler == "cls" and self.head is None):
             self._spare_pooler.detach(backbone)
-        # --- prompt pooler (PromptBERT templates and denoising: representation/prompt.py)
-        self.prompt: PromptPooling | None = None
-        if pooler == "prompt":
-            self.prompt = PromptPooling.for_backbone(prompt, tokenizer, backbone.config)
-        elif prompt is not None and prompt != PromptConfig():
-            raise ConfigError("prompt templates / settings need --pooler prompt")
+        self.prompt = prompt_pooling(pooler, prompt, tokenizer, backbone.config)
         self._takes_token_types = forward_accepts(backbone, "token_type_ids")
 
     # ------------------------------------------------------------------ properties
@@ -128,11 +129,9 @@ class Encoder(nn.Module):
 
     @property
     def runs_lean_forward(self) -> bool:
-        """Whether train-mode forwards run :func:`lean_last_hidden` (else transformers').
-
-        On when ``lean_forward`` is set and it covers the backbone, the pooler reads only the
-        last layer (not ``avg_first_last`` / ``avg_top2``) and there is no prompt pooler.
-        """
+        """Whether train-mode forwards run :func:`lean_last_hidden` (else transformers'): when
+        ``lean_forward`` is set, it covers the backbone, the pooler reads only the last layer
+        and there is no prompt pooler."""
         return (self.lean_forward and self.lean_reason is None
                 and self.pooler not in HIDDEN_STATE_POOLERS and self.prompt is None)
 
@@ -155,11 +154,10 @@ class Encoder(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def tokenize(self, sentences: list[str], max_seq_len: int | None = None) -> dict[str, torch.Tensor]:
-        """Tokenise with padding to the longest sentence and truncation.
-
-        Shape: -> input_ids, attention_mask[, token_type_ids] each (B, L).
-        With the prompt pooler: input_ids, attention_mask (B, L), prompt_template (B,), each
+        """Tokenise with padding to the longest sentence and truncation. Prompt poolers: each
         sentence in T1 with the evaluation rules, ``max_seq_len`` counting sentence tokens.
+
+        Shape: -> input_ids, attention_mask[, token_type_ids] each (B, L) [, prompt_template (B,)].
         """
         if self.prompt is not None:
             return self.prompt.batch(list(sentences), max_seq_len, templates=[0] * len(sentences),
@@ -181,11 +179,9 @@ class Encoder(nn.Module):
         ``cls`` without a csekit head].
 
         In train mode with ``length_subbatches`` > 1 the rows run as up to that many
-        length-sorted sub-batches, each padded to its own longest row, and come back in input
-        order (:mod:`csekit.modeling.speed.subbatch`; the same maths, less padding). The prompt
-        pooler always runs one batch (its template-only rows are built per batch).
-
-        ``prompt_template`` (B,): each row's template index for the prompt pooler (None: T1).
+        length-sorted sub-batches (:mod:`csekit.modeling.speed.subbatch`; the same maths, less
+        padding), except with a prompt pooler. ``prompt_template`` (B,): each row's template
+        index for the prompt poolers (None: T1).
 
         Shape: input_ids, attention_mask, token_type_ids (B, L) -> (B, H).
         """
@@ -305,17 +301,23 @@ class Encoder(nn.Module):
         assert self.prompt is not None
         return prompt_metadata(self.prompt)
 
-    def backbone_for_saving(self) -> contextlib.AbstractContextManager[nn.Module]:
-        """The backbone with every weight of its checkpoint in place (the spare pooler too)."""
-        return self._spare_pooler.for_saving(self.backbone)
+    @contextlib.contextmanager
+    def backbone_for_saving(self) -> Iterator[nn.Module]:
+        """The backbone with every weight of its checkpoint in place (the spare pooler too),
+        LoRA adapters merged into a copy (:func:`~csekit.modeling.loading.lora.merged_copy`)."""
+        with self._spare_pooler.for_saving(self.backbone) as backbone:
+            yield merged_copy(backbone) if has_lora(backbone) else backbone
 
-    def save(self, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None) -> None:
+    def save(self, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None,
+             lora_adapter: bool = False) -> None:
         """Atomically write a sentence-transformers folder (+ csekit.json, + the MLP head); see
-        :func:`csekit.modeling.saved.folder.write_encoder_folder`."""
+        :func:`csekit.modeling.saved.folder.write_encoder_folder`. With LoRA the weights are
+        the merged ones; ``lora_adapter`` also writes the adapter into ``lora_adapter/``."""
         if self.backend != "hf":
             raise ConfigError("this encoder was loaded with the inference-only native backend; "
                               "load it with backend='hf' to train or save it")
-        write_encoder_folder(self, path, metadata)
+        lora, extra = lora_saving(self.backbone, self.source, adapter=lora_adapter)
+        write_encoder_folder(self, path, {**lora, **(metadata or {})}, extra=extra)
 
     @classmethod
     def from_pretrained(
@@ -333,30 +335,17 @@ class Encoder(nn.Module):
         device: str | torch.device | None = None,
         prompt: PromptConfig | None = None,
         templates: Sequence[str] | None = None,
+        instruction: str | None = None,
+        lora: LoraSettings | None = None,
+        bidirectional: bool = False,
     ) -> Encoder:
-        """Load a Hugging Face folder, a csekit / sentence-transformers folder, or a hub id.
-
-        Pooling defaults to what the folder says (csekit.json, else the ST modules); a plain HF
-        model defaults to ``cls`` (its own pooler) when the checkpoint holds trained pooler
-        weights, else ``cls_before_pooler``. An explicit ``pooler="cls"`` on a model with a
-        saved MLP head uses that head. Weights load only from safetensors.
-
-        ``backend``: ``hf`` (default) loads a ``transformers`` model, needed to train or save;
-        ``native`` loads csekit's inference-only BERT/RoBERTa forward
-        (:mod:`csekit.modeling.native.bert`, same numbers, faster start-up and encoding) and
-        fails if the model is outside it; ``auto`` uses ``native`` where it applies and where it
-        has been measured faster and checked equal, which today is the CPU only
-        (:func:`auto_uses_native`; ``device`` is where the encoder will run, default: CUDA when
-        available), else ``hf``.
-
-        ``prompt`` / ``templates`` (pooler ``prompt``): the prompt settings, else the saved ones
-        (csekit.json), else PromptBERT's defaults; ``templates`` replaces just the templates.
-        """
+        """Load a Hugging Face folder, a csekit / sentence-transformers folder, or a hub id; the
+        options are those of :func:`csekit.modeling.loading.load.load_encoder_parts`."""
         parts = load_encoder_parts(
             name_or_path, pooler=pooler, mlp=mlp, dropout=dropout, max_seq_len=max_seq_len,
             trust_remote_code=trust_remote_code, revision=revision,
             local_files_only=local_files_only, backend=backend, device=device, prompt=prompt,
-            templates=templates)
+            templates=templates, instruction=instruction, lora=lora, bidirectional=bidirectional)
         enc = cls(parts.backbone, parts.tokenizer, **parts.encoder_kwargs())
         enc.metadata = parts.metadata
         enc.source = parts.source

@@ -3,6 +3,8 @@
 A checkpoint folder holds:
 
 - ``model.safetensors``: the whole trainable encoder (backbone + MLP head), safetensors only;
+  when part of the model is frozen (LoRA: the backbone's own weights), only the trainable
+  tensors (adapters + head), since the frozen ones come unchanged from ``--model``;
 - ``optimizer.pt``, ``scheduler.pt``: optimiser and schedule state (tensors and numbers);
 - ``objective.pt``: the objective's state (ClusterNS centroids in fp32 and the started flag);
 - ``rng.pt``: RNG states of every process (python, numpy, torch, cuda), one entry per rank;
@@ -38,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from csekit.atomic import atomic_dir, maybe_pause_mid_save, remove_stale_temps
 from csekit.errors import CheckpointError, CsekitError
@@ -181,7 +184,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     needed = state_bytes(model, opt_state, objective) + 1_000_000  # + small files, zip headers
     with disk_errors(path, needed=needed, what=f"checkpoint step-{state.step}",
                      last_good=last_checkpoint(path.parent.parent)), atomic_dir(path) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
+        save_model_tensors(model, tmp / "model.safetensors")
         torch.save(opt_state, tmp / "optimizer.pt")
         maybe_pause_mid_save(state.step)
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -231,7 +234,7 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     state, RNG states and config. Any read error is one :class:`CheckpointError` line."""
     path = Path(path)
     try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        missing, unexpected = load_model_tensors(model, path / "model.safetensors")
     except Exception as err:
         raise CheckpointError(f"cannot read {path / 'model.safetensors'}: {_why(err)}") from err
     if missing or unexpected:
@@ -254,6 +257,32 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
         raise CheckpointError(f"cannot read {path / 'trainer_state.json'}: {_why(err)}") from err
     config = payload.pop("config", {})
     return TrainerState.from_dict(payload), rng_states, config
+
+
+_TRAINABLE = "trainable"  # safetensors metadata "tensors": only the trainable ones are stored
+
+
+def save_model_tensors(model: torch.nn.Module, path: Path) -> None:
+    """The model's weights into ``path``: all of them, or, when some are frozen, only the
+    trainable ones (marked in the file's metadata)."""
+    params = dict(model.named_parameters())
+    if all(p.requires_grad for p in params.values()):
+        save_model(model, str(path))
+        return
+    save_file({n: p.detach().contiguous() for n, p in params.items() if p.requires_grad},
+              str(path), metadata={"format": "pt", "tensors": _TRAINABLE})
+
+
+def load_model_tensors(model: torch.nn.Module, path: Path) -> tuple[list[str], list[str]]:
+    """Load what :func:`save_model_tensors` wrote; (missing, unexpected) tensor names."""
+    with safe_open(str(path), framework="pt") as f:
+        trainable_only = (f.metadata() or {}).get("tensors") == _TRAINABLE
+    if not trainable_only:
+        return load_model(model, str(path), strict=False)
+    state = load_file(str(path))
+    want = {n for n, p in model.named_parameters() if p.requires_grad}
+    result = model.load_state_dict(state, strict=False)
+    return sorted(want - set(state)), list(result.unexpected_keys)
 
 
 def _cpu_state(state: dict[str, Any]) -> dict[str, Any]:

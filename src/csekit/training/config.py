@@ -30,7 +30,7 @@ from csekit.data.tabular import ON_BAD_LINE
 from csekit.data.triplets import SUPERVISION_MODES, parse_columns
 from csekit.errors import ConfigError
 from csekit.losses.margin import BML_REDUCTIONS
-from csekit.modeling.representation.pooling import MLP_MODES, POOLERS
+from csekit.modeling.representation.pooling import MLP_MODES, POOLERS, PROMPT_POOLERS
 from csekit.objectives.defaults import PUBLISHED_DEFAULTS, objective_defaults
 from csekit.precision import PRECISIONS
 
@@ -62,16 +62,28 @@ class TrainConfig:
     # --- encoder
     pooler: str = "cls"  # with mlp=train, evaluation uses cls_before_pooler (SimCSE)
     mlp: str = "train"
-    dropout: float | None = None  # None: the backbone's own (0.1 for BERT/RoBERTa)
+    dropout: float | None = None  # None: the backbone's own (0.1 for BERT/RoBERTa); sets every
+    # dropout knob of the architecture (csekit.modeling.loading.dropout)
     trust_remote_code: bool = False
     max_seq_len: int = 32
+    # --- other backbones (issue #27, docs/backbones.md)
+    instruction: str | None = None  # text before every sentence (decoder embedding models)
+    bidirectional: bool = False  # decoder attention made bidirectional (Gemma family only)
+    gradient_checkpointing: bool = False  # recompute activations in backward (turns lean off)
+    lora_r: int | None = None  # LoRA rank through peft; None: full fine-tuning
+    lora_alpha: float | None = None  # None: 2 x lora_r (LLM2Vec's rule)
+    lora_dropout: float = 0.05
+    lora_target_modules: str | None = None  # "q_proj,v_proj"; None: the architecture's default
+    lora_save_adapter: bool = False  # also save the adapter (lora_adapter/) beside the merged model
     # --- prompt pooler (PromptBERT; csekit.modeling.representation.prompt), used with pooler: prompt.
     # Templates hold [X] (sentence) and [MASK]; unset: the model family's PromptBERT T1 / T2.
     # T1 makes view 1 and evaluation, T2 the other views (T1 alone: every view uses it).
     # With the prompt pooler max_seq_len counts the sentence's tokens (template added on top).
     prompt_template: str | None = None
     prompt_template2: str | None = None
-    prompt_denoise: bool = True  # subtract the template-only state in training (PromptBERT)
+    # subtract the template-only state in training; None: on for prompt (PromptBERT), off for
+    # prompteol (PromptEOL)
+    prompt_denoise: bool | None = None
     prompt_denoise_grad: bool = True  # gradient through it (PromptBERT's default)
     prompt_positions: str = "model"  # template-state position ids: model | reference
     prompt_eval_denoise: bool = False  # PromptBERT's unsupervised evaluation: no denoising
@@ -207,6 +219,9 @@ class TrainConfig:
         if cfg.uses_clusters:
             keys += ["n_clusters", "kmeans_lr", "kmeans_start_cosine", "bml_weight",
                      "bml_alpha", "bml_beta"]
+        keys += [k for k in ("dropout", "instruction", "lora_r", "lora_alpha", "lora_dropout",
+                             "lora_target_modules", "bidirectional", "gradient_checkpointing")
+                 if getattr(cfg, k) not in (None, False) and (k[:5] != "lora_" or cfg.lora_r)]
         from_table = set(self.defaulted_options())
         return ", ".join(f"{k}={getattr(cfg, k)}" + ("*" if k in from_table else "")
                          for k in keys) + "  (* = the objective's published default)"
@@ -223,16 +238,33 @@ class TrainConfig:
         from csekit.modeling.representation.prompt import PromptConfig
 
         prompt_set = (self.prompt_template, self.prompt_template2)
-        if self.pooler != "prompt":
+        if self.pooler not in PROMPT_POOLERS:
             if any(t is not None for t in prompt_set):
-                raise ConfigError("prompt_template / prompt_template2 need pooler: prompt")
+                raise ConfigError("prompt_template / prompt_template2 need pooler: prompt "
+                                  "or prompteol")
             return None
         if self.prompt_template2 is not None and self.prompt_template is None:
             raise ConfigError("prompt_template2 (T2) needs prompt_template (T1) as well")
         return PromptConfig(templates=tuple(t for t in prompt_set if t is not None),
                             denoise=self.prompt_denoise, eval_denoise=self.prompt_eval_denoise,
                             eval_period=self.prompt_eval_period,
-                            denoise_grad=self.prompt_denoise_grad, positions=self.prompt_positions)
+                            denoise_grad=self.prompt_denoise_grad, positions=self.prompt_positions,
+                            last_token=self.pooler == "prompteol")
+
+    def lora_settings(self) -> Any:
+        """The LoraSettings of a LoRA run (``lora_r`` set), else None."""
+        if self.lora_r is None:
+            if self.lora_save_adapter or self.lora_target_modules:
+                raise ConfigError("lora_save_adapter / lora_target_modules need lora_r (LoRA)")
+            return None
+        from csekit.modeling.loading.lora import LoraSettings
+
+        targets = None
+        if self.lora_target_modules:
+            targets = tuple(t.strip() for t in self.lora_target_modules.split(",") if t.strip())
+        alpha = self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_r
+        return LoraSettings(r=self.lora_r, alpha=alpha, dropout=self.lora_dropout,
+                            target_modules=targets or None)
 
     @property
     def uses_clusters(self) -> bool:
@@ -317,6 +349,10 @@ class TrainConfig:
                               f"{world_size} processes; pick a multiple of {world_size}")
         build_objective(cfg.objective, **cfg.objective_hparams())  # the objective's own checks
         cfg.prompt_config()  # the template syntax and prompt options
+        cfg.lora_settings()  # rank, alpha, dropout
+        if cfg.instruction is not None and (not cfg.instruction or cfg.pooler in PROMPT_POOLERS):
+            raise ConfigError("instruction must be non-empty text, and does not combine with the "
+                              "prompt poolers (put it into the template)")
         if cfg.uses_clusters:
             if cfg.n_clusters > cfg.batch_size:
                 raise ConfigError(f"n_clusters {cfg.n_clusters} is larger than the global batch "

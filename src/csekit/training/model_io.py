@@ -124,7 +124,8 @@ class BestModelKeeper:
         a full checkpoint)."""
         with disk_errors(self.root / STAGING, needed=state_bytes(enc) + 5_000_000,
                          what="the best model", last_good=last_checkpoint(self.root)):
-            enc.save(self.root / STAGING, metadata=self.metadata(state, score))
+            enc.save(self.root / STAGING, metadata=self.metadata(state, score),
+                     lora_adapter=self.config.lora_save_adapter)
         commit_best(self.root)
         logger.info("best model saved to %s (STS-B dev %s)", self.root,
                     "n/a" if score is None else f"{score:.2f}")

@@ -15,6 +15,12 @@
 - ``torch.compile`` of the backbone (``TrainConfig.compile``), in place (``Module.compile``),
   so that parameter names, checkpoints and saved folders are unchanged. Off by default: on
   the 2-core CPU it did not pay (see ``docs/training_speed.md``).
+- **Gradient checkpointing** (``TrainConfig.gradient_checkpointing``): transformers'
+  ``gradient_checkpointing_enable`` (non-reentrant; the recomputation replays the RNG, so
+  dropout masks are the same), for every backbone. The lean forward does not checkpoint, so it
+  is off then, with the reason logged.
+
+:func:`check_dropout_views` is the start check of training that makes its views by dropout.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from csekit.errors import ConfigError, first_line
+from csekit.modeling.loading.dropout import dropout_settings, views_differ
+from csekit.modeling.speed.train_forward import lean_unsupported
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +91,18 @@ def configure_training_forward(encoder: Any, config: Any, *, ddp_kwargs: Any,
     ``config.compile``.
     """
     encoder.length_subbatches = resolve_length_subbatches(config.length_subbatches, device)
+    if getattr(config, "gradient_checkpointing", False):
+        backbone = encoder.backbone
+        # (transformers 5 renamed it activation checkpointing; the old name warns)
+        new = hasattr(backbone, "activation_checkpointing_enable")
+        enable = backbone.activation_checkpointing_enable if new else \
+            backbone.gradient_checkpointing_enable
+        key = "activation_checkpointing_kwargs" if new else "gradient_checkpointing_kwargs"
+        try:
+            enable(**{key: {"use_reentrant": False}})
+        except ValueError as err:  # a model class without checkpointing support
+            raise ConfigError(f"--gradient-checkpointing: {first_line(err)}") from err
+        encoder.lean_reason = lean_unsupported(encoder.backbone)
     # torch.compile wraps the backbone's forward, which the lean forward does not call
     encoder.lean_forward = bool(config.lean_forward) and not config.compile
     if encoder.lean_forward and encoder.lean_reason is not None:
@@ -97,5 +119,27 @@ def configure_training_forward(encoder: Any, config: Any, *, ddp_kwargs: Any,
         logger.info("torch.compile: backbone compiled (dynamic shapes)")
 
 
-__all__ = ["AUTO_LENGTH_SUBBATCHES", "configure_training_forward", "resolve_length_subbatches",
+def check_dropout_views(encoder: Any, config: Any) -> None:
+    """Unsupervised training makes its positive pairs from two dropout masks: check that two
+    train-mode forwards of one small batch differ (:func:`views_differ`, RNG untouched).
+
+    Where they do not: ConfigError naming the backbone's dropout settings and what to pass. An
+    explicit ``dropout: 0`` is the user's choice (identical views, e.g. for an exactness test):
+    a warning. Supervised training (pairs / triplets) is not checked.
+    """
+    if config.supervision != "unsupervised" or views_differ(encoder):
+        return
+    backbone = encoder.backbone
+    settings = dropout_settings(backbone.config)
+    if config.dropout == 0.0:
+        logger.warning("dropout 0: the two views of each sentence are identical (%s)", settings)
+        return
+    what = f"--dropout {config.dropout} did not reach it" if config.dropout else \
+        "pass --dropout 0.1 (SimCSE's rate) to set every dropout of the model"
+    raise ConfigError(
+        f"unsupervised {config.objective} makes its two views by dropout, but two train-mode "
+        f"forwards of {type(backbone).__name__} are identical ({settings}): {what}")
+
+
+__all__ = ["AUTO_LENGTH_SUBBATCHES", "check_dropout_views", "configure_training_forward", "resolve_length_subbatches",
            "unused_parameters"]

@@ -55,7 +55,7 @@ from csekit.training.optim import build_optimizer, linear_schedule, raw_optimize
 from csekit.training.prefetch import Prefetcher
 from csekit.training.rng import get_rng_state, seed_dropout, seed_everything, set_rng_state
 from csekit.training.signals import StopSignal
-from csekit.training.speed import configure_training_forward
+from csekit.training.speed import check_dropout_views, configure_training_forward
 from csekit.training.step import StepResult, UpdateStep
 from csekit.training.supervised import record_mode
 
@@ -170,9 +170,14 @@ class Trainer:
         self.encoder = Encoder.from_pretrained(cfg.model, pooler=cfg.pooler, mlp=cfg.mlp,
                                                dropout=cfg.dropout,
                                                trust_remote_code=cfg.trust_remote_code,
-                                               prompt=cfg.prompt_config())
+                                               prompt=cfg.prompt_config(),
+                                               instruction=cfg.instruction,
+                                               lora=cfg.lora_settings(),
+                                               bidirectional=cfg.bidirectional)
+        self.encoder.to(self.accelerator.device)
         configure_training_forward(self.encoder, cfg, ddp_kwargs=self._ddp_kwargs,
                                    world_size=self.world, device=self.accelerator.device)
+        check_dropout_views(self.encoder, cfg)
         self.objective.to(self.accelerator.device)
         if cfg.max_steps is not None:
             self.total_steps = cfg.max_steps

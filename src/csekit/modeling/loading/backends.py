@@ -10,14 +10,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from csekit.errors import ModelLoadError, first_line
+from csekit.errors import ConfigError, ModelLoadError, first_line
 from csekit.modeling.hf import quiet_transformers
+from csekit.modeling.loading.dropout import set_dropout
+from csekit.modeling.loading.strict import check_loading_info
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("hf", "native", "auto")
-_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
-                 "attention_dropout", "hidden_dropout", "attention_probs_dropout")
+# The config switch transformers offers for bidirectional attention in a decoder (Gemma,
+# Gemma 2 / 3: EmbeddingGemma); other decoders have none (docs/backbones.md).
+BIDIRECTIONAL_KEY = "use_bidirectional_attention"
 
 
 def auto_uses_native(device: str | torch.device | None = None) -> bool:
@@ -63,8 +66,16 @@ def load_native(tdir: Path, name: str, *, strict: bool) -> tuple[nn.Module, bool
 
 
 def load_hf_backbone(tdir: Path, name: str, dropout: float | None,
-                     trust_remote_code: bool) -> tuple[nn.Module, bool]:
-    """The ``transformers`` backbone in fp32, and whether its pooler weights were trained."""
+                     trust_remote_code: bool, *,
+                     bidirectional: bool = False) -> tuple[nn.Module, bool]:
+    """The ``transformers`` backbone in fp32, and whether its pooler weights were trained.
+
+    ``dropout`` sets every dropout knob of the architecture
+    (:func:`csekit.modeling.loading.dropout.set_dropout`); ``bidirectional`` switches a
+    decoder's attention to bidirectional where its config has the switch (else ConfigError).
+    Weights the model class would drop or leave random are an error
+    (:func:`csekit.modeling.loading.strict.check_loading_info`).
+    """
     from transformers import AutoConfig, AutoModel
 
     try:
@@ -72,11 +83,15 @@ def load_hf_backbone(tdir: Path, name: str, dropout: float | None,
                                             local_files_only=True)
     except Exception as err:
         raise ModelLoadError(f"cannot read the config of {name}: {first_line(err)}") from err
+    if bidirectional:
+        config = bidirectional_config(config, name)
     config.output_hidden_states = False
     if dropout is not None:
-        for key in _DROPOUT_KEYS:
-            if isinstance(getattr(config, key, None), float):
-                setattr(config, key, float(dropout))
+        knobs = set_dropout(config, dropout)
+        if not knobs:
+            raise ConfigError(f"--dropout {dropout}: {name} ({config.model_type}) has no dropout "
+                              "setting in its config that csekit can set")
+        logger.info("dropout %s set on %s", dropout, ", ".join(knobs))
     try:
         with quiet_transformers():
             # dtype=float32: fp32 master weights whatever the checkpoint stores (transformers 5
@@ -86,8 +101,20 @@ def load_hf_backbone(tdir: Path, name: str, dropout: float | None,
                 local_files_only=True, output_loading_info=True, dtype=torch.float32)
     except Exception as err:
         raise load_error(name, err) from err
+    check_loading_info(backbone, info, name)
     pooler_trained = not any(k.startswith("pooler.") for k in info.get("missing_keys", ()))
     return backbone, pooler_trained
+
+
+def bidirectional_config(config: Any, name: str) -> Any:
+    """``config`` with bidirectional attention, rebuilt so its own post-init rules apply (Gemma
+    3 halves its sliding window); ConfigError where transformers offers no switch."""
+    if not hasattr(config, BIDIRECTIONAL_KEY):
+        raise ConfigError(
+            f"--bidirectional: transformers has no switch for bidirectional attention in "
+            f"{config.model_type} ({name}); it is offered for the models whose config has "
+            f"{BIDIRECTIONAL_KEY} (Gemma, Gemma 2, Gemma 3), see docs/backbones.md")
+    return type(config).from_dict({**config.to_dict(), BIDIRECTIONAL_KEY: True})
 
 
 def load_hf_tokenizer(tdir: Path, name: str, trust_remote_code: bool) -> Any:
@@ -107,5 +134,5 @@ def load_error(name: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(f"cannot load model {name}: {first_line(err)}")
 
 
-__all__ = ["BACKENDS", "auto_uses_native", "load_error", "load_hf_backbone", "load_hf_tokenizer",
-           "load_native"]
+__all__ = ["BACKENDS", "BIDIRECTIONAL_KEY", "auto_uses_native", "bidirectional_config",
+           "load_error", "load_hf_backbone", "load_hf_tokenizer", "load_native"]

@@ -10,8 +10,12 @@ Poolers (``hidden_states`` are the backbone's per-layer outputs, index 0 = embed
   first *transformer layer* and the last one, as SimCSE's current ``evaluation.py`` does (early
   versions of that script used hidden_states[0], the embedding output).
 * ``avg_top2``: mean over tokens of (hidden_states[-2] + hidden_states[-1]) / 2.
+* ``last``: the last real token's state (last position of the attention mask, so left and right
+  padding agree), an EOS the tokenizer appends: decoder LLMs (e5-mistral, Qwen3-Embedding);
+  :mod:`csekit.modeling.representation.last_token`.
 * ``prompt``: PromptBERT's last-layer state at the mask token of a template holding the sentence
   (:mod:`csekit.modeling.representation.prompt`: templates, tokenisation, template denoising).
+* ``prompteol``: PromptEOL, the decoder analogue: the state of the template's last token.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import torch
 from torch import nn
 
 from csekit.errors import ConfigError
+from csekit.modeling.representation.last_token import last_token
 
 POOLERS: tuple[str, ...] = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2",
-                             "prompt")
+                             "last", "prompt", "prompteol")
+PROMPT_POOLERS: frozenset[str] = frozenset({"prompt", "prompteol"})
 MLP_MODES: tuple[str, ...] = ("train", "always", "none")
 HIDDEN_STATE_POOLERS: frozenset[str] = frozenset({"avg_first_last", "avg_top2"})
 
@@ -84,11 +90,13 @@ def pool_tokens(
         return last_hidden[:, 0]
     if pooler == "avg":
         return masked_mean(last_hidden, attention_mask)
+    if pooler == "last":
+        return last_token(last_hidden, attention_mask)
     if pooler in HIDDEN_STATE_POOLERS:
         if hidden_states is None or len(hidden_states) < 3:
             raise ValueError(f"pooler {pooler!r} needs the hidden states of at least 2 layers")
         first = hidden_states[1] if pooler == "avg_first_last" else hidden_states[-2]
         return masked_mean((first + hidden_states[-1]) / 2.0, attention_mask)
-    if pooler == "prompt":
-        raise ValueError("the prompt pooler needs its templates: use PromptPooling.pool")
+    if pooler in PROMPT_POOLERS:
+        raise ValueError("the prompt poolers need their templates: use PromptPooling.pool")
     raise ValueError(f"unknown pooler {pooler!r}; choose one of {', '.join(POOLERS)}")

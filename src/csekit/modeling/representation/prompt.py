@@ -37,17 +37,26 @@ numbers them from ``pad_token_id + 1``. PromptBERT's code passes ``arange(L)`` e
 both, so for RoBERTa its template states sit two positions earlier than the real rows.
 ``positions="model"`` (default) uses the model's own numbering, shifted;
 ``positions="reference"`` reproduces PromptBERT's 0-based ids. For BERT the two are the same.
+
+PromptEOL (Jiang et al. 2023, pooler ``prompteol``), the decoder analogue: the template has no
+mask slot (``This sentence : "[X]" means in one word:"``) and the embedding is the hidden state
+of the template's last token, the position that, in a causal decoder, has read the sentence and
+the "in one word" cue. Its template is one for every view, and it does not denoise unless asked.
+The pieces are tokenised separately as above, so where the sentence's last character and the
+text after the slot would merge into one byte-level BPE token in the whole string (``."``),
+the row keeps them apart (the saved sentence-transformers module does the same).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from csekit.errors import ConfigError
+from csekit.modeling.representation.prompt_denoise import template_inputs, template_states
 
 SLOT = "[X]"
 MASK_SLOT = "[MASK]"
@@ -64,6 +73,8 @@ DEFAULT_TEMPLATES: dict[str, tuple[str, str]] = {
     "bert": ('This sentence of "[X]" means[MASK].', 'This sentence : "[X]" means[MASK].'),
     "roberta": ("This sentence : ' [X] ' means[MASK].", "The sentence : ' [X] ' means[MASK]."),
 }
+# PromptEOL's template (Jiang et al. 2023), one for every view; pooled at its last token.
+PROMPTEOL_TEMPLATES: tuple[str, ...] = ('This sentence : "[X]" means in one word:"',)
 
 
 def template_family(model_type: str | None, mask_token: str | None) -> str:
@@ -86,8 +97,11 @@ class PromptConfig:
 
     Attributes:
         templates: view templates (view 1 uses the first, every later view the second); empty
-            means the model family's PromptBERT defaults (T1, T2). One template: all views.
-        denoise: training subtracts each row's template state (PromptBERT / ClusterNS).
+            means the model family's PromptBERT defaults (T1, T2), or PromptEOL's template for
+            ``last_token``. One template: all views.
+        last_token: PromptEOL: templates without a mask slot, pooled at their last token.
+        denoise: training subtracts each row's template state (PromptBERT / ClusterNS); None:
+            on for mask templates, off for ``last_token`` (PromptEOL does not denoise).
         eval_denoise: evaluation subtracts it too (PromptBERT's unsupervised test does not; its
             supervised one does).
         eval_period: evaluation appends '.' by PromptBERT's rule.
@@ -96,18 +110,19 @@ class PromptConfig:
     """
 
     templates: tuple[str, ...] = ()
-    denoise: bool = True
+    denoise: bool | None = None
     eval_denoise: bool = False
     eval_period: bool = True
     denoise_grad: bool = True
     positions: str = "model"
+    last_token: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "templates", tuple(self.templates or ()))
         if len(self.templates) > 2:
             raise ConfigError(f"at most two prompt templates (T1, T2), got {len(self.templates)}")
         for t in self.templates:
-            check_template_text(t)
+            check_template_text(t, last_token=self.last_token)
         if self.positions not in POSITION_MODES:
             raise ConfigError(f"unknown prompt position mode {self.positions!r}; choose one of "
                               f"{', '.join(POSITION_MODES)}")
@@ -127,15 +142,20 @@ class PromptConfig:
         return cls(**{**d, "templates": tuple(d.get("templates") or ())})
 
 
-def check_template_text(text: Any, mask_token: str | None = None) -> None:
-    """A template has exactly one ``[X]`` and exactly one mask slot."""
+def check_template_text(text: Any, mask_token: str | None = None, *,
+                        last_token: bool = False) -> None:
+    """A template has exactly one ``[X]`` and exactly one mask slot (none with ``last_token``:
+    PromptEOL pools its last token)."""
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"a prompt template must be a non-empty string, got {text!r}")
     if text.count(SLOT) != 1:
         raise ConfigError(f"prompt template {text!r} must contain the sentence slot {SLOT} once")
     literal = [mask_token] if mask_token else ["<mask>"]
     masks = text.count(MASK_SLOT) + sum(text.count(m) for m in literal if m != MASK_SLOT)
-    if masks != 1:
+    if last_token and masks:
+        raise ConfigError(f"prompteol template {text!r} must not contain a mask slot: its "
+                          "embedding is the template's last token (use --pooler prompt)")
+    if not last_token and masks != 1:
         raise ConfigError(f"prompt template {text!r} must contain the mask slot {MASK_SLOT} once")
 
 
@@ -173,11 +193,21 @@ class BoundTemplate:
     mask_offset: int      # from_end: len(row) - offset; else: offset
 
     @classmethod
-    def bind(cls, text: str, tokenizer: Any) -> BoundTemplate:
+    def bind(cls, text: str, tokenizer: Any, *, last_token: bool = False) -> BoundTemplate:
+        """``last_token``: a PromptEOL template, pooled at its last token (before the special
+        tokens that end a row)."""
         mask_token = getattr(tokenizer, "mask_token", None)
         mask_id = getattr(tokenizer, "mask_token_id", None)
+        if last_token:
+            check_template_text(text, mask_token, last_token=True)
+            before, after = text.split(SLOT)
+            space = before != before.rstrip()
+            head, tail = special_frame(tokenizer)
+            prefix, suffix = _call(tokenizer, [before.rstrip(), after])
+            return cls(text, head, prefix, suffix, tail, space, True, len(tail) + 1)
         if not mask_token or mask_id is None:
-            raise ConfigError("the prompt pooler needs a tokenizer with a mask token")
+            raise ConfigError("the prompt pooler needs a tokenizer with a mask token (a decoder "
+                              "LLM has none: use --pooler prompteol)")
         check_template_text(text, mask_token)
         filled = text.replace(MASK_SLOT, mask_token)
         before, after = filled.split(SLOT)
@@ -239,8 +269,12 @@ class PromptPooling:
                  pad_token_id: int | None, max_positions: int) -> None:
         self.config = config
         family = template_family(model_type, getattr(tokenizer, "mask_token", None))
-        self.templates: tuple[str, ...] = config.templates or DEFAULT_TEMPLATES[family]
-        self.bound = [BoundTemplate.bind(t, tokenizer) for t in self.templates]
+        defaults = PROMPTEOL_TEMPLATES if config.last_token else DEFAULT_TEMPLATES[family]
+        self.templates: tuple[str, ...] = config.templates or defaults
+        self.bound = [BoundTemplate.bind(t, tokenizer, last_token=config.last_token)
+                      for t in self.templates]
+        # (None: PromptBERT denoises its mask templates; PromptEOL does not)
+        self.denoise = config.denoise if config.denoise is not None else not config.last_token
         self.tokenizer = tokenizer
         self.max_positions = int(max_positions)
         fairseq = (model_type or "") in FAIRSEQ_POSITION_TYPES
@@ -272,7 +306,7 @@ class PromptPooling:
                             return_dict=True).last_hidden_state
 
         cfg = self.config
-        denoise = cfg.denoise if training else cfg.eval_denoise
+        denoise = self.denoise if training else cfg.eval_denoise
         return self.pool(last_hidden, attention_mask, prompt_template, denoise=denoise, run=run,
                          grad=cfg.denoise_grad)
 
@@ -398,51 +432,18 @@ class PromptPooling:
         return pooled
 
 
-def template_inputs(prompt: PromptPooling, templates: Sequence[int], lengths: Sequence[int],
-                    device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Template-only rows with position ids shifted by the sentence length after the slot.
-
-    Row u is template ``templates[u]`` with an empty sentence; positions are ``offset + j`` for
-    the head and the text before the slot, ``offset + j + lengths[u]`` from the slot on, i.e.
-    the positions those tokens have in a row whose sentence has ``lengths[u]`` tokens.
-
-    Shape: U pairs -> input_ids, attention_mask, position_ids (U, L_max); mask_index (U,).
-    """
-    rows = [prompt.bound[t].empty_ids() for t in templates]
-    width = max(map(len, rows))
-    pad = prompt.tokenizer.pad_token_id if prompt.tokenizer.pad_token_id is not None else 0
-    u = len(rows)
-    ids = torch.full((u, width), int(pad), dtype=torch.long)
-    mask = torch.zeros((u, width), dtype=torch.long)
-    positions = torch.zeros((u, width), dtype=torch.long)
-    mask_index = torch.zeros(u, dtype=torch.long)
-    off = prompt.position_offset
-    for i, (t, n, r) in enumerate(zip(templates, lengths, rows)):
-        b = prompt.bound[t]
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-        p = torch.arange(len(r), dtype=torch.long) + off
-        p[b.slot_start:] += int(n)
-        positions[i, :len(r)] = p
-        if len(r) < width:  # (padding: any valid position; masked out anyway)
-            positions[i, len(r):] = off
-        mask_index[i] = b.mask_index(len(r))
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-            "position_ids": positions.to(device), "mask_index": mask_index.to(device)}
+def prompt_pooling(pooler: str, config: PromptConfig | None, tokenizer: Any,
+                   backbone_config: Any) -> PromptPooling | None:
+    """The encoder's prompt pooler for ``pooler`` (``prompt``: PromptBERT, ``prompteol``:
+    PromptEOL), None for the other poolers (which take no prompt settings)."""
+    if pooler in ("prompt", "prompteol"):
+        config = replace(config or PromptConfig(), last_token=pooler == "prompteol")
+        return PromptPooling.for_backbone(config, tokenizer, backbone_config)
+    if config is not None and config != PromptConfig():
+        raise ConfigError("prompt templates / settings need --pooler prompt or prompteol")
+    return None
 
 
-def template_states(run: Callable[..., torch.Tensor], prompt: PromptPooling,
-                    templates: Sequence[int], lengths: Sequence[int], *,
-                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """Mask-token states of the template-only rows of :func:`template_inputs`.
-
-    Shape: U (template, length) pairs -> (U, H).
-    """
-    inp = template_inputs(prompt, templates, lengths, device)
-    hidden = run(inp["input_ids"], inp["attention_mask"], inp["position_ids"])
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), inp["mask_index"]]
-
-
-__all__ = ["DEFAULT_TEMPLATES", "POSITION_MODES", "BoundTemplate", "PromptConfig",
-           "PromptPooling", "add_period", "check_template_text", "special_frame",
-           "template_family", "template_inputs", "template_states"]
+__all__ = ["DEFAULT_TEMPLATES", "POSITION_MODES", "PROMPTEOL_TEMPLATES", "BoundTemplate",
+           "PromptConfig", "PromptPooling", "add_period", "check_template_text", "prompt_pooling",
+           "special_frame", "template_family", "template_inputs", "template_states"]

@@ -10,6 +10,8 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -18,6 +20,8 @@ from torch import nn
 
 from csekit.atomic import atomic_dir
 from csekit.modeling.hf import library_versions, quiet_transformers
+from csekit.modeling.representation.instruction import instruction_of
+from csekit.modeling.representation.pooling import PROMPT_POOLERS
 from csekit.modeling.representation.prompt import PromptPooling
 from csekit.modeling.saved.model_card import CARD_FILE, build_model_card
 from csekit.modeling.saved.st_format import write_st_modules
@@ -54,16 +58,19 @@ class SavableEncoder(Protocol):
 
 
 def prompt_metadata(prompt: PromptPooling) -> dict[str, Any]:
-    """The prompt settings with the templates resolved (what csekit.json stores)."""
-    return {**prompt.config.to_dict(), "templates": list(prompt.templates)}
+    """The prompt settings with the templates and denoising resolved (what csekit.json stores)."""
+    return {**prompt.config.to_dict(), "templates": list(prompt.templates),
+            "denoise": prompt.denoise}
 
 
 def write_encoder_folder(enc: SavableEncoder, path: str | os.PathLike[str],
-                         metadata: dict[str, Any] | None = None) -> None:
+                         metadata: dict[str, Any] | None = None, *,
+                         extra: Callable[[Path], None] | None = None) -> None:
     """Atomically write ``enc`` as a sentence-transformers folder (+ csekit.json, + the head).
 
     ``metadata`` (training config, objective, evaluation results, ...) is stored in
-    ``csekit.json`` next to the pooling description and library versions.
+    ``csekit.json`` next to the pooling description and library versions; ``extra(folder)``
+    writes further files into the folder before it is swapped in (a LoRA adapter).
     """
     versions = library_versions()
     with atomic_dir(path) as tmp, quiet_transformers():
@@ -86,12 +93,17 @@ def write_encoder_folder(enc: SavableEncoder, path: str | os.PathLike[str],
                 assert raw_dense is not None
                 eval_head = {"dense.weight": raw_dense.weight, "dense.bias": raw_dense.bias}
         prompt = enc.prompt
+        eval_pooler = {"cls": "cls_before_pooler", **dict.fromkeys(PROMPT_POOLERS, "prompt")
+                       }.get(enc.eval_pooler, enc.eval_pooler)
+        instruction = instruction_of(enc.tokenizer)
         write_st_modules(
-            tmp, eval_pooler="cls_before_pooler" if enc.eval_pooler == "cls" else enc.eval_pooler,
-            hidden_size=enc.hidden_size,
+            tmp, eval_pooler=eval_pooler, hidden_size=enc.hidden_size,
             num_layers=int(enc.backbone.config.num_hidden_layers), max_seq_len=enc.max_seq_len,
             head_state=eval_head, versions=versions, normalize=enc.normalize,
-            prompt=prompt.st_config(enc.max_seq_len) if prompt is not None else None)
+            prompt=prompt.st_config(enc.max_seq_len) if prompt is not None else None,
+            instruction=instruction)
+        if extra is not None:
+            extra(tmp)
         meta = {
             "format_version": FORMAT_VERSION,
             "pooler": enc.pooler,
@@ -100,6 +112,7 @@ def write_encoder_folder(enc: SavableEncoder, path: str | os.PathLike[str],
             "head_at_eval": enc.uses_head_at_eval,
             "max_seq_len": enc.max_seq_len,
             "normalize": enc.normalize,
+            **({"instruction": instruction} if instruction else {}),
             "versions": versions,
             **({"prompt": prompt_metadata(prompt)} if prompt is not None else {}),
             **(metadata or {}),

@@ -156,6 +156,15 @@ def build_model_card(meta: dict[str, Any], *, model_name: str | None = None) -> 
                  f"`{meta.get('mlp')}`; this folder embeds with `{meta.get('eval_pooler')}`"
                  + (" followed by the Linear+Tanh head" if meta.get("head_at_eval") else "")
                  + (", L2-normalised" if meta.get("normalize") else "") + ".")
+    if meta.get("instruction"):
+        lines.append(f"- Instruction before every text (sentence-transformers' default prompt): "
+                     f"`{meta['instruction']!r}`.")
+    lora = meta.get("lora")
+    if isinstance(lora, dict):
+        lines.append(f"- Trained with LoRA (r {lora.get('r')}, alpha {lora.get('alpha')}, on "
+                     f"{', '.join(lora.get('target_modules') or [])}); saved merged"
+                     + (f", the adapter in `{lora['adapter']}/`" if lora.get("adapter") else "")
+                     + ".")
     lines.append("")
     if objective or obj_name:
         lines += [f"Objective `{obj_name}` with these hyper-parameters:", "",

@@ -6,12 +6,18 @@ loads the folder without ``trust_remote_code``:
 
 * ``cls_before_pooler`` -> Transformer, Pooling(cls)
 * ``avg``               -> Transformer, Pooling(mean)
+* ``last``              -> Transformer, Pooling(lasttoken) (the tokenizer saved with the model
+  appends the EOS token itself, :mod:`csekit.modeling.representation.last_token`)
 * ``avg_first_last`` / ``avg_top2`` -> Transformer (config ``output_hidden_states=true``),
   WeightedLayerPooling (weight 1 on the two layers, 0 elsewhere), Pooling(mean)
 * a head used at evaluation (csekit MLP with ``mlp="always"``, or a raw BERT's own pooler for
   ``cls``) -> an extra Dense(H, H, Tanh) module after the pooling.
 
-The exception is ``prompt`` (PromptBERT), which sentence-transformers cannot express with its
+An instruction (prefix) becomes sentence-transformers' default prompt
+(``config_sentence_transformers.json``: ``prompts`` and ``default_prompt_name``), which it
+prepends to every text as csekit does.
+
+The exception is ``prompt`` (PromptBERT) and ``prompteol`` (PromptEOL), which sentence-transformers cannot express with its
 own modules (no template, no mask-token pooling): module 0 is then
 ``csekit_prompt.CsekitPromptTransformer``, a subclass of its Transformer shipped in the folder
 as ``csekit_prompt.py`` (:mod:`csekit.modeling.saved.st_prompt_module`) with the template as token
@@ -37,6 +43,7 @@ _TANH = "torch.nn.modules.activation.Tanh"
 PROMPT_MODULE_FILE = "csekit_prompt.py"
 PROMPT_MODULE_TYPE = "csekit_prompt.CsekitPromptTransformer"
 PROMPT_CONFIG_FILE = "csekit_prompt.json"
+INSTRUCTION_PROMPT = "instruction"  # the name of the default prompt an instruction is saved as
 
 
 def layer_weights(pooler: str, num_layers: int) -> list[float]:
@@ -69,13 +76,15 @@ def write_st_modules(
     versions: dict[str, str],
     normalize: bool = False,
     prompt: dict[str, Any] | None = None,
+    instruction: str | None = None,
 ) -> None:
     """Write modules.json and the module sub-folders for the evaluation pooling.
 
-    ``eval_pooler`` is one of cls_before_pooler, avg, avg_first_last, avg_top2 (the token
-    pooling) or ``prompt`` (then ``prompt`` is the token-level template description that
+    ``eval_pooler`` is one of cls_before_pooler, avg, avg_first_last, avg_top2, last (the token
+    pooling) or ``prompt`` (PromptBERT and PromptEOL; then ``prompt`` is the token-level template description that
     ``csekit_prompt.json`` stores); ``head_state`` (``dense.weight``, ``dense.bias``) adds a
-    Dense+Tanh after it. The Transformer module itself (config, weights, tokenizer) is written by
+    Dense+Tanh after it; ``instruction`` is written as the default prompt. The Transformer
+    module itself (config, weights, tokenizer) is written by
     the caller at root.
     """
     modules: list[dict[str, Any]] = [
@@ -108,7 +117,7 @@ def write_st_modules(
                                           "layer_start": 0, "num_hidden_layers": num_layers})
         weights = torch.tensor(layer_weights(eval_pooler, num_layers), dtype=torch.float32)
         save_file({"layer_weights": weights}, str(sub / "model.safetensors"))
-    mode = "cls" if eval_pooler == "cls_before_pooler" else "mean"
+    mode = {"cls_before_pooler": "cls", "last": "lasttoken"}.get(eval_pooler, "mean")
     if eval_pooler != "prompt":
         sub = add("Pooling")
         _write_json(sub / "config.json", {
@@ -117,6 +126,7 @@ def write_st_modules(
             "pooling_mode_mean_tokens": mode == "mean",
             "pooling_mode_max_tokens": False,
             "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_lasttoken": mode == "lasttoken",
         })
     if head_state is not None:
         sub = add("Dense")
@@ -129,7 +139,9 @@ def write_st_modules(
         add("Normalize")
     _write_json(root / "modules.json", modules)
     _write_json(root / "config_sentence_transformers.json", {
-        "__version__": versions, "prompts": {}, "default_prompt_name": None,
+        "__version__": versions,
+        "prompts": {INSTRUCTION_PROMPT: instruction} if instruction else {},
+        "default_prompt_name": INSTRUCTION_PROMPT if instruction else None,
         "similarity_fn_name": "cosine",
     })
 
@@ -139,10 +151,11 @@ class StPooling:
     """What an ST folder's modules say about pooling."""
 
     transformer_dir: Path
-    pooler: str                       # cls_before_pooler | avg | avg_first_last | avg_top2 | prompt
+    pooler: str         # cls_before_pooler | avg | avg_first_last | avg_top2 | last | prompt
     head_state: dict[str, torch.Tensor] | None
     normalize: bool
     max_seq_len: int | None
+    instruction: str | None = None    # the default prompt (prepended to every text)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -161,9 +174,14 @@ def _pooling_mode(cfg: dict[str, Any], path: Path) -> str:
     if isinstance(mode, list):
         mode = mode[0] if len(mode) == 1 else "+".join(mode)
     mode = {"cls_token": "cls", "mean_tokens": "mean"}.get(mode, mode)
-    if mode not in ("cls", "mean"):
-        raise ModelLoadError(f"{path}: pooling mode {mode!r} is not supported by csekit (cls or mean)")
-    return "cls_before_pooler" if mode == "cls" else "avg"
+    pooler = {"cls": "cls_before_pooler", "mean": "avg", "lasttoken": "last"}.get(mode)
+    if pooler is None:
+        raise ModelLoadError(f"{path}: pooling mode {mode!r} is not supported by csekit "
+                             "(cls, mean or lasttoken)")
+    if cfg.get("include_prompt") is False:
+        raise ModelLoadError(f"{path}: pooling without the prompt tokens (include_prompt: "
+                             "false) is not supported by csekit")
+    return pooler
 
 
 def _detect_layer_pooler(weights: list[float], start: int, path: Path) -> str:
@@ -231,4 +249,15 @@ def read_st_modules(root: Path) -> StPooling:
     if transformer_dir is None or pooler is None:
         raise ModelLoadError(f"{root / 'modules.json'}: needs a Transformer and a Pooling module")
     return StPooling(transformer_dir, pooler, head, normalize,
-                     int(max_seq_len) if max_seq_len else None)
+                     int(max_seq_len) if max_seq_len else None, default_prompt(root))
+
+
+def default_prompt(root: Path) -> str | None:
+    """The prompt sentence-transformers prepends by default (``default_prompt_name``), if any."""
+    path = root / "config_sentence_transformers.json"
+    if not path.is_file():
+        return None
+    cfg = _read_json(path)
+    name = cfg.get("default_prompt_name")
+    prompt = (cfg.get("prompts") or {}).get(name) if name else None
+    return str(prompt) if prompt else None

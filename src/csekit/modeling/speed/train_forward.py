@@ -34,7 +34,8 @@ outputs equal transformers' to float rounding (``tests/test_train_forward.py``, 
 gradients, padded and unpadded).
 
 Anything else (other architectures, relative position embeddings, decoders, cross-attention,
-chunked feed-forward, gradient checkpointing, ``output_hidden_states`` poolers) runs through
+chunked feed-forward, gradient checkpointing, LoRA adapters, ``output_hidden_states`` poolers)
+runs through
 the backbone's own ``forward``: :func:`lean_unsupported` says why.
 """
 
@@ -100,6 +101,8 @@ def lean_unsupported(backbone: nn.Module) -> str | None:
         else "is_gradient_checkpointing"
     if getattr(backbone, flag, False):
         return "gradient checkpointing"
+    if hasattr(backbone, "peft_config"):  # (it reads base weights; LoRA layers would be skipped)
+        return "LoRA adapters"
     impl = getattr(config, "_attn_implementation", None)
     if impl not in (None, "sdpa", "eager"):
         return f"attention implementation {impl!r}"
