@@ -8,6 +8,12 @@ crash between the two renames leaves the old folder intact at ``.<name>.old-*``)
 
 Temporary folders are named ``.<name>.tmp-<pid>-<random>``; those of a writer that was killed
 (its pid is gone) are removed by the next save into the same parent folder.
+
+:func:`merge_dir` commits a complete staging folder into a folder that holds other files too
+(a run's output folder, a user's folder): the model's entries are moved in one by one, the
+entries of the previous save that the new one lacks are removed, and nothing else is touched.
+The staging folder's manifest is the journal: a commit interrupted by a kill is finished by
+running it again.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -159,3 +166,67 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_manifest(folder: Path, manifest: str) -> list[str] | None:
+    """The entry names listed in ``folder/manifest`` (a JSON list); None when absent or bad."""
+    try:
+        names = json.loads((Path(folder) / manifest).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return [n for n in names if n and "/" not in n and n not in (".", "..", manifest)]
+
+
+def write_manifest(folder: Path, manifest: str) -> list[str]:
+    """List every entry of ``folder`` (except the manifest) in ``folder/manifest``."""
+    names = sorted(p.name for p in Path(folder).iterdir() if p.name != manifest)
+    (Path(folder) / manifest).write_text(json.dumps(names) + "\n", encoding="utf-8")
+    return names
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a symlink (never its target) or a folder."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def merge_dir(staging: Path, root: Path, *, manifest: str, owned: Iterable[str] = ()) -> list[str]:
+    """Move the complete folder ``staging`` (a child of ``root``) into ``root``, entry by entry.
+
+    ``staging/manifest`` lists its entries (the journal); ``root/manifest`` lists those of the
+    previous commit, which are removed when the new one lacks them (``owned``: the names to
+    treat so when ``root`` has no manifest). Every other entry of ``root`` stays as it is.
+    Run again after a kill, it finishes the commit: entries already moved are in the new list,
+    so they are not removed, and the root manifest is replaced only at the end. Returns the
+    committed names.
+    """
+    staging, root = Path(staging), Path(root)
+    new = read_manifest(staging, manifest)
+    if new is None:  # a staging folder written without a journal: its entries
+        new = sorted(p.name for p in staging.iterdir() if p.name != manifest)
+        (staging / manifest).parent.mkdir(parents=True, exist_ok=True)
+        (staging / manifest).write_text(json.dumps(new) + "\n", encoding="utf-8")
+    old = read_manifest(root, manifest)
+    if old is None:
+        old = [n for n in owned if (root / n).exists() or (root / n).is_symlink()]
+    for name in new:
+        src, dst, aside = staging / name, root / name, root / f".old-{name}"
+        if src.exists() or src.is_symlink():  # (else moved before an interruption)
+            exists = dst.exists() or dst.is_symlink()
+            if exists and ((dst.is_dir() and not dst.is_symlink()) or src.is_dir()):
+                _remove(aside)
+                os.replace(dst, aside)  # a folder cannot be replaced by a rename
+            os.replace(src, dst)
+        if aside.exists() or aside.is_symlink():
+            _remove(aside)
+    for name in sorted(set(old) - set(new)):
+        _remove(root / name)
+    fsync_dir(root)
+    os.replace(staging / manifest, root / manifest)  # the commit point of the new list
+    shutil.rmtree(staging, ignore_errors=True)
+    fsync_dir(root)
+    return new
