@@ -34,6 +34,7 @@ from csekit import distributed as D
 from csekit.data.triplets import open_training_corpus
 from csekit.errors import ConfigError, DataError
 from csekit.precision import configure_tf32
+from csekit.training.accel import build_accelerator
 from csekit.training.agreement import (
     agree_errors,
     agree_on_checkpoint,
@@ -61,9 +62,6 @@ from csekit.training.supervised import record_mode
 
 logger = logging.getLogger(__name__)
 
-_MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-
-
 @dataclass
 class TrainResult:
     """What a run did. ``exit_code`` is 0, or 130/143 after SIGINT/SIGTERM."""
@@ -83,7 +81,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         given = config
-        from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
         self.config = config = config.resolved()
@@ -91,28 +88,9 @@ class Trainer:
             raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
         # find_unused_parameters is decided in _build, before prepare() reads it (speed.py)
         self._ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=False)
-        kwargs = {
-            "mixed_precision": _MIXED[config.precision],
-            # Without a GPU, cpu=True lets Accelerate build a gloo group from torchrun's env.
-            "cpu": not torch.cuda.is_available(),
-            "kwargs_handlers": [self._ddp_kwargs],
-        }
-        try:
-            self.accelerator = Accelerator(**kwargs)
-        except ValueError:
-            # A second Trainer in the same single process with another precision (notebooks,
-            # tests): Accelerate's state is a process-wide singleton; reset it and retry.
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                raise
-            from accelerate.state import AcceleratorState
-
-            AcceleratorState._reset_state(reset_partial_state=True)
-            self.accelerator = Accelerator(**kwargs)
+        # (FSDP / DeepSpeed refused here, on every process: accel.py)
+        self.accelerator = build_accelerator(config.precision, [self._ddp_kwargs])
         self.world = self.accelerator.num_processes
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched != self.world:
-            raise ConfigError(f"launched as {launched} processes (WORLD_SIZE) but Accelerate "
-                              f"set up {self.world}; see docs/distributed.md")
         self.rank = self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
         config.validate(world_size=self.world)
