@@ -6,8 +6,11 @@ single atomic step: at every instant ``path`` is either the complete old folder 
 new one. Elsewhere, the old folder is first renamed aside and then the new one renamed in (a
 crash between the two renames leaves the old folder intact at ``.<name>.old-*``).
 
-Temporary folders are named ``.<name>.tmp-<pid>-<random>``; those of a writer that was killed
-(its pid is gone) are removed by the next save into the same parent folder.
+Temporary folders are named ``.<name>.tmp-<host>-<pid>-<random>``; those of a writer on this
+host that was killed (its pid is gone) are removed by the next save into the same parent
+folder. A writer on another host (a shared output or cache folder on NFS) is never judged by
+its pid: its temp is left alone. (Names from before the host was added, ``.<name>.tmp-<pid>-
+<random>``, are left alone too.)
 
 :func:`merge_dir` commits a complete staging folder into a folder that holds other files too
 (a run's output folder, a user's folder): the model's entries are moved in one by one, the
@@ -24,7 +27,9 @@ import ctypes.util
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -106,17 +111,45 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def host_name() -> str:
+    """This machine's name as it appears in a writer's temp name (no ``/``, no spaces)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+
+
+def writer_tag() -> str:
+    """``<host>-<pid>``: who writes a temp file or folder."""
+    return f"{host_name()}-{os.getpid()}"
+
+
+def temp_name(name: str) -> str:
+    """``.<name>.tmp-<host>-<pid>-<random>``: a writer's private temp sibling of ``name``."""
+    return f".{name}.tmp-{writer_tag()}-{uuid.uuid4().hex[:8]}"
+
+
+def parse_writer(tag: str) -> tuple[str, int] | None:
+    """(host, pid) of ``<host>-<pid>-<random>``; None for another form (an older name)."""
+    parts = tag.rsplit("-", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+def writer_is_gone(tag: str) -> bool:
+    """True only for a writer of THIS host whose process has ended (a killed writer); another
+    host's writer, or a tag without a host, is never judged by its pid."""
+    who = parse_writer(tag)
+    if who is None or who[0] != host_name():
+        return False
+    return who[1] != os.getpid() and not _pid_alive(who[1])
+
+
 def remove_stale_temps(parent: Path, name: str | None = None) -> None:
-    """Delete ``.<name>.tmp-<pid>-*`` folders under ``parent`` left by a killed writer (its pid
-    is gone); every name when ``name`` is None."""
+    """Delete ``.<name>.tmp-<host>-<pid>-*`` folders under ``parent`` left by a killed writer
+    of this host (:func:`writer_is_gone`); every name when ``name`` is None."""
     if not parent.is_dir():
         return
     for tmp in parent.glob(f".{name if name is not None else '*'}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
-        except (IndexError, ValueError):
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if writer_is_gone(tmp.name.rsplit(".tmp-", 1)[1]):
             logger.info("removing %s left by an interrupted save", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -135,7 +168,7 @@ def maybe_pause_mid_save(step: int | None = None) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a small text file atomically (temp file + fsync + rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(temp_name(path.name))
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
@@ -157,7 +190,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
         raise ConfigError(f"cannot save to {dst}: it exists and is not a directory")
     remove_stale_temps(dst.parent, dst.name)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = dst.with_name(temp_name(dst.name))
     tmp.mkdir()
     try:
         yield tmp
