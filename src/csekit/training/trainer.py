@@ -355,11 +355,21 @@ class Trainer:
         """
         return self.stepper.run(data, self.state)
 
+    def _dev_score(self) -> float:
+        """STS-B dev of the current model (rank 0; 0.0 elsewhere, replaced by the broadcast)."""
+        return self.keeper.evaluate_dev(self._unwrapped()) if self.is_main else 0.0
+
+    def _save_best(self, score: float) -> None:
+        if self.is_main:
+            self.keeper.save(self._unwrapped(), self.state, score=score)
+
     def _evaluate(self, metrics: MetricsLogger) -> None:
         data = getattr(self, "_data", None)
         if data is not None:
             data.drain()  # no background tokenising while evaluation uses the tokenizer
-        score = self.keeper.evaluate_dev(self._unwrapped()) if self.is_main else 0.0
+        # Rank 0 evaluates and saves; an error there (a NaN, a full disk) must stop every
+        # process with its line, not leave the others waiting in the broadcast (agree_errors).
+        score = agree_errors(self._dev_score)
         t = torch.tensor([score], dtype=torch.float64, device=self.accelerator.device)
         score = float(D.broadcast_(t).item())
         st = self.state
@@ -367,8 +377,7 @@ class Trainer:
         if improved:
             st.best_score, st.best_step = score, st.step
             st.evals_without_improvement = 0
-            if self.is_main:
-                self.keeper.save(self._unwrapped(), st, score=score)
+            agree_errors(self._save_best, score)
         else:
             st.evals_without_improvement += 1
         st.history.append({"step": st.step, "stsb_dev": score})
