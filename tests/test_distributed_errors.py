@@ -9,7 +9,6 @@ In-process tests of the agreement logic with a stand-in for the collective, and 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -75,8 +75,7 @@ def agree_errors(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     except Exception as e:
         if not D.is_distributed():
             raise
-        logger.error("process %d: %s failed", D.rank(), getattr(fn, "__name__", "a step"),
-                     exc_info=True)
+        logger.exception("process %d: %s failed", D.rank(), getattr(fn, "__name__", "a step"))
         err = TrainingError(f"process {D.rank()} failed: {type(e).__name__}: {first_line(e)}")
         err.__cause__ = e
         out = None
