@@ -95,11 +95,12 @@ HELP: dict[str, str] = {
     "skip_nonfinite": "skip updates whose loss is NaN/inf instead of stopping",
     "length_subbatches": "run each training forward as up to N length-sorted sub-batches, "
                          "each padded to its own longest sentence (same maths); 1: one padded "
-                         "batch; default 4 on CPU, 1 on GPU (not measured there yet)",
+                         "batch; 1 on GPUs until benchmarks/gpu_check.sh has measured it there",
     "compile": "torch.compile the backbone for training",
     "lean_forward": "BERT/RoBERTa training forward with stacked Q/K/V and, for [CLS] pooling, "
                     "only position 0 in the last layer (same maths; --no-lean-forward: "
-                    "transformers' forward)",
+                    "transformers' forward); off on GPUs until benchmarks/gpu_check.sh has "
+                    "measured it there",
     "eval_steps": "evaluate STS-B dev every N steps (published: 125)",
     "eval_batch_size": "batch size of evaluation encoding",
     "patience": "early stopping after N evaluations without improvement (ClusterNS: 3)",
@@ -124,6 +125,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prompt_positions": POSITION_MODES,
 }
 SKIP = {"extra"}
+# Defaults that depend on the device (None in TrainConfig), as --help shows them.
+AUTO_SHOWN = {"lean_forward": "on for CPU, off for GPU",
+              "length_subbatches": "4 on CPU, 1 on GPU"}
 
 
 def _type_of(name: str) -> type:
@@ -150,7 +154,7 @@ def register(subparsers: Any) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = HELP.get(f.name, f.name)
         shown = "the objective's published value" if f.name in OBJECTIVE_DEPENDENT \
-            else getattr(defaults, f.name)
+            else AUTO_SHOWN.get(f.name, getattr(defaults, f.name))
         kind = _type_of(f.name)
         if kind is bool:
             if f.name == "resume":

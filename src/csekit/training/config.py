@@ -124,8 +124,10 @@ class TrainConfig:
     length_subbatches: int | None = None
     compile: bool = False  # torch.compile the backbone (did not pay on CPU when measured)
     # BERT / RoBERTa train forward through csekit.modeling.speed.train_forward (stacked QKV; [CLS]
-    # pooling computes only position 0 in the last layer); off for other backbones and prompts
-    lean_forward: bool = True
+    # pooling computes only position 0 in the last layer); off for other backbones and prompts.
+    # None (default): on on CPU, where it was measured; off on accelerators until gpu_check.sh
+    # has recorded its equality and speed there (docs/training_speed.md)
+    lean_forward: bool | None = None
     # --- evaluation, early stopping
     eval_steps: int = 125
     eval_batch_size: int = 128
