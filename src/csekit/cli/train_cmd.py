@@ -41,7 +41,9 @@ HELP: dict[str, str] = {
     "text_column": "the text column of an unsupervised JSONL/CSV/Parquet/datasets corpus "
                    "(default: the only string column, or the one named text or sentence)",
     "output_dir": "best model at its root, checkpoints/ , metrics.jsonl, results.json",
-    "data_dir": "SentEval folder (contains downstream/) for STS-B dev and the final STS test",
+    "data_dir": "SentEval folder (contains downstream/) for STS-B dev and the final STS test; "
+                "without it (or with --eval-steps 0) there is no dev evaluation and the best "
+                "model is the last one",
     "objective": "training objective",
     "pooler": "training pooler (with --mlp train, evaluation uses cls_before_pooler)",
     "mlp": "MLP head: train (SimCSE mlp_only_train), always, none",
@@ -101,7 +103,8 @@ HELP: dict[str, str] = {
                     "only position 0 in the last layer (same maths; --no-lean-forward: "
                     "transformers' forward); off on GPUs until benchmarks/gpu_check.sh has "
                     "measured it there",
-    "eval_steps": "evaluate STS-B dev every N steps (published: 125)",
+    "eval_steps": "evaluate STS-B dev every N steps (published: 125); 0: no dev evaluation "
+                  "(for a corpus without STS data: the best model is then the last one)",
     "eval_batch_size": "batch size of evaluation encoding",
     "patience": "early stopping after N evaluations without improvement (ClusterNS: 3)",
     "eval_at_start": "also evaluate the untrained model at step 0 (it competes for the best model)",

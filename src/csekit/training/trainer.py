@@ -57,7 +57,7 @@ from csekit.training.prefetch import Prefetcher
 from csekit.training.rng import get_rng_state, seed_dropout, seed_everything, set_rng_state
 from csekit.training.signals import StopSignal
 from csekit.training.speed import configure_training_forward
-from csekit.training.step import StepResult, UpdateStep
+from csekit.training.step import MAX_STEPS_UNREAD, StepResult, UpdateStep
 from csekit.training.supervised import record_mode
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class Trainer:
         from csekit.data.sources import resolve_sources
 
         resolve_sources(cfg.train_file or "")  # files, folders, globs (#13); DataError if none
-        if cfg.data_dir is not None:
+        if cfg.dev_eval:
             from csekit.evaluation import resolve_data_dir
 
             stsb = resolve_data_dir(cfg.data_dir) / "STS" / "STSBenchmark" / "sts-dev.csv"
@@ -270,7 +270,7 @@ class Trainer:
         cfg = self.config
         if not self.is_main:
             return None
-        if cfg.data_dir is None:
+        if not cfg.dev_eval:  # no dev evaluation: the best model is the last one
             self.keeper.save(self._unwrapped(), self.state, score=None)
         if cfg.data_dir is not None and cfg.final_test:
             return self.keeper.final_test(self.state)
@@ -283,29 +283,54 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step",
                    disable=not (self.is_main and cfg.progress) or bool(os.environ.get("CI")),
                    dynamic_ncols=True)
+        try:  # (closed before any error is printed: the error gets a line of its own)
+            self._run_steps(stop, metrics, result, bar)
+        finally:
+            bar.close()
+
+    def _run_steps(self, stop: StopSignal, metrics: MetricsLogger, result: TrainResult,
+                   bar: Any) -> None:
+        """The updates, with logging, dev evaluation, checkpoints and stopping.
+
+        The updates' losses and stats are read on the host at read points (every update on
+        the CPU; on a GPU every --logging-steps, at most every MAX_STEPS_UNREAD steps, and
+        before an evaluation or a checkpoint: :meth:`UpdateStep.read`)."""
+        cfg = self.config
         data = self._data = self._data_stream()
         self.stepper.stop, self.stepper.stop_agreed = stop, False
         self.model.train()
         t0, sent0 = time.perf_counter(), self.state.sentences_seen
         window: list[float] = []
         last_stats: dict[str, float] = {}
-        if cfg.data_dir is not None and cfg.eval_at_start and self.state.step == 0 \
+        read_every = min(cfg.logging_steps, MAX_STEPS_UNREAD)
+
+        def read() -> None:
+            nonlocal last_stats
+            for _step, loss, stats in self.stepper.read(self.state):
+                result.losses.append(loss)
+                window.append(loss)
+                last_stats = stats
+
+        if cfg.dev_eval and cfg.eval_at_start and self.state.step == 0 \
                 and not self.state.history:
             self._evaluate(metrics)
         while self.state.step < self.total_steps:
-            loss_value, stats, ok = self._step(data)
+            loss_value, _stats, ok = self._step(data)
             if loss_value is None:  # data exhausted
                 break
             if not ok:
                 continue
             self.state.step += 1
             step = self.state.step
-            result.losses.append(loss_value)
-            window.append(loss_value)
-            last_stats = stats
             bar.update(1)
             done = step >= self.total_steps
-            if step % cfg.logging_steps == 0 or done:
+            log_now = step % cfg.logging_steps == 0 or done
+            eval_now = cfg.dev_eval and (step % cfg.eval_steps == 0 or done)
+            save_now = step % cfg.save_steps == 0 or done
+            if (not self.stepper.deferred or log_now or eval_now or save_now
+                    or step % read_every == 0 or self._interrupted()):
+                read()  # a non-finite loss stops here, naming its step
+            if log_now and window:
                 elapsed = time.perf_counter() - t0
                 rate = (self.state.sentences_seen - sent0) / elapsed if elapsed > 0 else 0.0
                 lr = self.scheduler.get_last_lr()[0]
@@ -316,14 +341,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{lr:.2e}",
                                 sent_s=f"{rate:.0f}")
                 window.clear()
-            if cfg.data_dir is not None and (step % cfg.eval_steps == 0 or done):
+            if eval_now:
                 self._evaluate(metrics)
             interrupted = self._interrupted()
             early = (cfg.patience is not None
                      and self.state.evals_without_improvement >= cfg.patience)
             if early or done:
                 self.state.finished = True
-            if step % cfg.save_steps == 0 or interrupted or early or done:
+            if save_now or interrupted or early:
                 self._save_checkpoint()
             if interrupted:
                 result.stopped, result.exit_code = "interrupted", stop.exit_code or 130
@@ -335,7 +360,7 @@ class Trainer:
                             "evaluations (best %.2f at step %s)", step, cfg.patience,
                             self.state.best_score or float("nan"), self.state.best_step)
                 break
-        bar.close()
+        read()  # (updates left unread when the data ran out)
 
     def _unwrapped(self) -> Any:
         """The Encoder under Accelerate's wrappers."""
