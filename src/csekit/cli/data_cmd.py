@@ -10,8 +10,10 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("data", help="download evaluation data and corpora; check a corpus",
-                                   description="Download SentEval STS/SICK and wiki1m; check a corpus.")
+    parser = subparsers.add_parser(
+        "data", help="download evaluation data and corpora; check a corpus; the index cache",
+        description="Download SentEval STS/SICK and wiki1m; check a corpus; list and prune "
+                    "the cache of corpus indexes.")
     from csekit.data.tabular import ON_BAD_LINE
 
     parser.set_defaults(func=lambda args: _usage(parser))
