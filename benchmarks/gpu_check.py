@@ -6,13 +6,25 @@ and sentences are made on the spot (:mod:`benchmarks._offline_assets`).
 
 1. **Training** (csekit's ``Trainer``, bf16, length 32: every sentence has 31+ words, so every
    sequence is truncated to exactly 32 tokens): a bert-base shape (``BertConfig()`` defaults,
-   random weights), SimCSE and ClusterNS (clustering from the first step, k = 128) at batch
-   64 and 512. Sentences/s, model-FLOPs utilisation against the card's dense bf16 peak
+   random weights), SimCSE with the CUDA defaults and with the lean forward (``simcse-lean1``)
+   and ClusterNS (clustering from the first step, k = 128) at batch 64 and 512. Sentences/s, model-FLOPs utilisation against the card's dense bf16 peak
    (FLOPs formula in ``benchmarks/train_throughput.py``), the ClusterNS overhead (its median
    step over SimCSE's, and its objective's own forward+backward over a SimCSE step), and the
    time of one wiki1m epoch (15,625 steps of 64) at the measured rate. Targets (issue #18, one
    H100/H200): MFU >= 40%, epoch <= 8 min, ClusterNS overhead <= 3%.
-2. **Encoding** 20,000 sentences (6-40 words, max 128 tokens, batch 128, fp32 without TF32)
+2. **The training forward's CUDA defaults** (issue #28): the lean forward and the length-sorted
+   sub-batches are off on CUDA until measured there. In one process, on sentences of 3-40
+   words (length 32, so rows differ in length), four arms on the same batches, the order
+   rotating every round: transformers' forward on one batch (``hf``, the CUDA default),
+   ``hf-sub`` (4 sub-batches), ``lean`` and ``lean-sub``. Equality first, at dropout 0 against
+   ``hf``: embeddings and every parameter's gradient in float64 (the largest difference,
+   relative to the largest value; "equal" below 1e-9: the arms differ by summation order
+   only), and the same in fp32 without TF32 and under bf16 autocast (reported); then the median step time (forward + SimCSE loss + backward + fused
+   AdamW, dropout 0.1, bf16) of each arm and its speed-up over ``hf`` at batch 64 and 512.
+   ``decision`` says for each of the lean forward and the sub-batches whether both hold (equal,
+   and faster at every batch size): the evidence for turning its CUDA default on in
+   ``csekit/training/speed.py`` (``AUTO_LEAN_FORWARD`` / ``AUTO_LENGTH_SUBBATCHES``).
+3. **Encoding** 20,000 sentences (6-40 words, max 128 tokens, batch 128, fp32 without TF32)
    with csekit's transformers backend, csekit's native backend and sentence-transformers on the
    same GPU; sentences/s and the largest difference of the embeddings (native vs
    transformers decides whether ``--backend auto`` may use native on CUDA).
@@ -73,7 +85,8 @@ def train_part(model: Path, work: Path, device: str, batches: list[int], steps: 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4
     for batch in batches:
         res: dict[str, Any] = {}
-        for config in ("simcse", "simcse-hf", "clusterns"):  # -hf: transformers' forward
+        # simcse: the CUDA defaults (transformers' forward, one batch); -lean1: the lean one
+        for config in ("simcse", "simcse-lean1", "clusterns"):
             spec = {"model": str(model), "train_file": str(corpus), "batch_size": batch,
                     "seq_len": 32, "steps": steps, "warmup": warmup, "threads": threads,
                     "precision": "bf16", "device": device, "config": config}
@@ -86,11 +99,137 @@ def train_part(model: Path, work: Path, device: str, batches: list[int], steps: 
                   flush=True)
         s, c = res["simcse"], res["clusterns"]
         res["clusterns_step_overhead"] = c["step_s_median"] / s["step_s_median"] - 1
-        res["lean_speedup_over_hf_forward"] = res["simcse-hf"]["step_s_median"] / s["step_s_median"]
+        res["lean_speedup_over_hf_forward"] = (s["step_s_median"]
+                                               / res["simcse-lean1"]["step_s_median"])
         res["clusterns_objective_overhead"] = ((c["objective_ms"] - s["objective_ms"]) / 1e3
                                                / s["step_s_median"])
         res["epoch_minutes_at_this_rate"] = WIKI1M_STEPS * 64 / s["sentences_per_s"] / 60
         out["by_batch"][str(batch)] = res
+    return out
+
+
+FORWARD_ARMS: dict[str, tuple[bool, int]] = {"hf": (False, 1), "hf-sub": (False, 4),
+                                             "lean": (True, 1), "lean-sub": (True, 4)}
+EQUAL_REL = 1e-9  # float64: the arms differ by summation order only
+
+
+def _arm_outputs(enc: Any, inputs: dict[str, Any], arm: str, precision: str) -> tuple[Any, Any]:
+    """Embeddings (2B, d) and every gradient of one forward + SimCSE loss + backward."""
+    import torch
+
+    from csekit.data import split_views
+    from csekit.objectives import build_objective
+    from csekit.precision import autocast_context
+
+    enc.lean_forward, enc.length_subbatches = FORWARD_ARMS[arm]
+    enc.zero_grad(set_to_none=True)
+    device = next(enc.parameters()).device
+    with autocast_context(device, precision):
+        z = enc(**inputs)
+    build_objective("simcse")(*split_views(z if z.dtype == torch.float64 else z.float())) \
+        .loss.backward()
+    grads = torch.cat([p.grad.detach().double().flatten() for p in enc.parameters()
+                       if p.grad is not None])
+    return z.detach().double(), grads
+
+
+def forward_part(model: Path, device: str, batches: list[int], rounds: int,
+                 warmup: int = 3, precisions: tuple[str, ...] = ("fp64", "fp32", "bf16"),
+                 ) -> dict[str, Any]:
+    """Equality and speed of the four training-forward arms (see the module docstring)."""
+    import statistics
+
+    import torch
+
+    from csekit.data import split_views, tokenize_pairs
+    from csekit.modeling.encoder import Encoder
+    from csekit.modeling.speed.subbatch import plan_length_subbatches
+    from csekit.objectives import build_objective
+    from csekit.precision import autocast_context, exact_fp32
+
+    words = pseudo_words(5000, seed=1)
+    out: dict[str, Any] = {"seq_len": 32, "rounds": rounds, "warmup": warmup,
+                           "arms": list(FORWARD_ARMS), "equality": {}, "by_batch": {}}
+    # 2-24 words: up to 32 tokens, the rows' lengths spread (sub-batches need that)
+    sents = sentences(max(batches) * (rounds + warmup) + 64, words, min_words=2,
+                      max_words=24, seed=5)
+    dev = torch.device(device)
+    # equality at dropout 0 (same weights, same batch): every arm against hf
+    enc = Encoder.from_pretrained(str(model), pooler="cls", mlp="train", dropout=0.0).to(dev)
+    enc.train()
+    inputs = {k: v.to(dev) for k, v in tokenize_pairs(enc.tokenizer, sents[:64], 32).items()}
+    # (the planner may keep a small batch whole; equality is checked on a real split)
+    enc.subbatch_part_cost = 0
+    out["equality_subbatches"] = len(plan_length_subbatches(
+        inputs["attention_mask"].sum(1).cpu(), 4, 0))
+    for label, dtype, precision in (("fp64", torch.float64, "fp32"),
+                                    ("fp32", torch.float32, "fp32"),
+                                    ("bf16", torch.float32, "bf16")):
+        if label not in precisions:
+            continue
+        enc.to(dtype)
+        with exact_fp32():
+            ref_z, ref_g = _arm_outputs(enc, inputs, "hf", precision)
+            res = {}
+            for arm in FORWARD_ARMS:
+                if arm == "hf":
+                    continue
+                z, g = _arm_outputs(enc, inputs, arm, precision)
+                res[arm] = {"emb_rel": float((z - ref_z).abs().max() / ref_z.abs().max()),
+                            "grad_rel": float((g - ref_g).abs().max() / ref_g.abs().max())}
+                res[arm]["equal"] = max(res[arm].values()) < EQUAL_REL
+        out["equality"][label] = res
+    del enc
+    # speed: dropout on, bf16, AdamW, the arms alternating on the same batches
+    enc = Encoder.from_pretrained(str(model), pooler="cls", mlp="train").to(dev)
+    enc.train()
+    obj = build_objective("simcse")
+    opt = torch.optim.AdamW([p for p in enc.parameters() if p.requires_grad], lr=3e-5,
+                            fused=True)
+    precision = "bf16" if dev.type == "cuda" else "fp32"
+
+    def step(batch: dict[str, Any], arm: str) -> float:
+        enc.lean_forward, enc.length_subbatches = FORWARD_ARMS[arm]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with autocast_context(dev, precision):
+            z = enc(**batch)
+        obj(*split_views(z.float())).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    arms = list(FORWARD_ARMS)
+    for batch_size in batches:
+        times: dict[str, list[float]] = {a: [] for a in arms}
+        for i in range(warmup + rounds):
+            chunk = sents[i * batch_size:(i + 1) * batch_size]
+            batch = {k: v.to(dev) for k, v in tokenize_pairs(enc.tokenizer, chunk, 32).items()}
+            order = arms[i % len(arms):] + arms[:i % len(arms)]
+            for arm in order:
+                dt = step(batch, arm)
+                if i >= warmup:
+                    times[arm].append(dt)
+        med = {a: statistics.median(t) for a, t in times.items()}
+        out["by_batch"][str(batch_size)] = {
+            "precision": precision,
+            "step_ms_median": {a: m * 1e3 for a, m in med.items()},
+            "speedup_vs_hf": {a: med["hf"] / m for a, m in med.items()}}
+        print(f"forward arms, batch {batch_size}: " + ", ".join(
+            f"{a} {med[a] * 1e3:.1f} ms" for a in arms), flush=True)
+    eq = out["equality"]["fp64"]
+    speed = [b["speedup_vs_hf"] for b in out["by_batch"].values()]
+    out["decision"] = {
+        "lean_forward_on_cuda": bool(eq["lean"]["equal"] and eq["lean-sub"]["equal"]
+                                     and all(s["lean"] > 1.0 for s in speed)),
+        "length_subbatches_on_cuda": bool(eq["hf-sub"]["equal"]
+                                          and all(s["hf-sub"] > 1.0 and s["lean-sub"] >= s["lean"]
+                                                  for s in speed)),
+        "rule": "equal in float64 (max relative difference < 1e-9, embeddings and gradients) "
+                "and faster than the default at every batch size measured"}
     return out
 
 
@@ -158,7 +297,7 @@ def markdown(p: dict[str, Any]) -> str:
                   "| batch | objective | sentences/s | step ms (median) | MFU | peak GPU MiB |",
                   "|---|---|---|---|---|---|"]
         for b, res in tr["by_batch"].items():
-            for c in ("simcse", "simcse-hf", "clusterns"):
+            for c in ("simcse", "simcse-lean1", "clusterns"):
                 r = res[c]
                 mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
                 lines.append(f"| {b} | {c} | {r['sentences_per_s']:.0f} | "
@@ -177,6 +316,32 @@ def markdown(p: dict[str, Any]) -> str:
                 f"{k} {'met' if v['met'] else 'NOT met'} ({v['value']:.3g} vs {v['target']})"
                 for k, v in t.items())]
         lines.append("")
+    fw = p.get("forward")
+    if fw:
+        arms = fw["arms"]
+        lines += ["## Training forward: CUDA defaults (lean forward, length sub-batches)", "",
+                  ("Equality at dropout 0 against transformers' forward on one batch (max "
+                  "relative difference of embeddings / gradients; the sub-batched arms ran "
+                  f"{fw['equality_subbatches']} sub-batches):"), "",
+                  ("| arm | fp64 emb | fp64 grad | equal | fp32 emb | fp32 grad | bf16 emb | "
+                  "bf16 grad |"), "|---|---|---|---|---|---|---|---|"]
+        nan = {"emb_rel": float("nan"), "grad_rel": float("nan"), "equal": None}
+        for arm in arms[1:]:
+            e = {k: fw["equality"].get(k, {}).get(arm, nan) for k in ("fp64", "fp32", "bf16")}
+            lines.append(f"| {arm} | {e['fp64']['emb_rel']:.1e} | {e['fp64']['grad_rel']:.1e} | "
+                         f"{e['fp64']['equal']} | {e['fp32']['emb_rel']:.1e} | "
+                         f"{e['fp32']['grad_rel']:.1e} | {e['bf16']['emb_rel']:.1e} | "
+                         f"{e['bf16']['grad_rel']:.1e} |")
+        lines += ["", "| batch | " + " | ".join(f"{a} ms (x hf)" for a in arms) + " |",
+                  "|---|" + "---|" * len(arms)]
+        for b, r in fw["by_batch"].items():
+            lines.append(f"| {b} | " + " | ".join(
+                f"{r['step_ms_median'][a]:.1f} ({r['speedup_vs_hf'][a]:.2f}x)" for a in arms)
+                + " |")
+        d = fw["decision"]
+        lines += ["", (f"- decision ({d['rule']}): lean forward on CUDA: "
+                      f"**{d['lean_forward_on_cuda']}**; length sub-batches on CUDA: "
+                      f"**{d['length_subbatches_on_cuda']}**"), ""]
     en = p.get("encode")
     if en:
         lines += ["## Encoding (fp32, no TF32, batch 128, max 128 tokens)", "",
@@ -204,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encode-sentences", type=int, default=20000)
     ap.add_argument("--timeout", type=float, default=240, help="seconds per training worker")
     ap.add_argument("--pytest-summary", default=None, help="the gpu tests' summary line")
+    ap.add_argument("--forward-rounds", type=int, default=12,
+                    help="timed rounds of the training-forward arms (per batch size)")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-forward", action="store_true")
     ap.add_argument("--skip-encode", action="store_true")
     a = ap.parse_args(argv)
     import torch
@@ -242,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                                            "target": TARGETS["clusterns_overhead"],
                                            "met": b64["clusterns_step_overhead"]
                                            <= TARGETS["clusterns_overhead"]}}
+        if not a.skip_forward:
+            payload["forward"] = forward_part(model, a.device, batches, a.forward_rounds)
+            print(f"forward: {json.dumps(payload['forward']['decision'])}", flush=True)
         if not a.skip_encode:
             payload["encode"] = encode_part(model, a.device, a.encode_sentences)
             print(f"encode: {json.dumps(payload['encode'])}", flush=True)

@@ -32,9 +32,11 @@ Configurations: ``st-mnrl`` (the peer), ``simcse``, ``focal``, ``clusterns``,
 ``clusterns-focal`` (csekit with its defaults), and csekit variants for ablations:
 ``simcse-hf`` (transformers' forward, one padded batch: csekit before issue #17's forward
 changes), ``simcse-subbatch`` (transformers' forward, 4 length-sorted sub-batches),
-``simcse-lean1`` (the lean forward, one padded batch) and ``simcse-compile`` (``compile``:
-torch.compile of the backbone, which turns the lean forward off). csekit's defaults on CPU
-are the lean forward on 4 length-sorted sub-batches.
+``simcse-lean1`` (the lean forward, one padded batch), ``simcse-lean-sub`` (the lean forward
+on 4 sub-batches) and ``simcse-compile`` (``compile``: torch.compile of the backbone, which
+turns the lean forward off). csekit's defaults on CPU are the lean forward on 4
+length-sorted sub-batches; on CUDA transformers' forward on one batch, until
+``benchmarks/gpu_check.sh`` has measured the others there.
 
 ClusterNS variants are forced to start clustering on the first step (``kmeans_start_cosine
 1.0``, ``n_clusters = min(128, batch)``), so every timed step runs the clustering path. An
@@ -78,12 +80,14 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from benchmarks._common import machine_info, quick_gflops, shared_root, usable_cores, write_results
 
 CONFIGS = ("st-mnrl", "simcse", "focal", "clusterns", "clusterns-focal", "simcse-hf",
-           "simcse-subbatch", "simcse-lean1", "simcse-compile")
-# csekit variants: (objective, TrainConfig options)
+           "simcse-subbatch", "simcse-lean1", "simcse-lean-sub", "simcse-compile")
+# csekit variants: (objective, TrainConfig options); each names both forward settings, whose
+# defaults differ by device (lean forward and 4 sub-batches on CPU, neither on CUDA yet)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "simcse-hf": ("simcse", {"lean_forward": False, "length_subbatches": 1}),
     "simcse-subbatch": ("simcse", {"lean_forward": False, "length_subbatches": 4}),
-    "simcse-lean1": ("simcse", {"length_subbatches": 1}),
+    "simcse-lean1": ("simcse", {"lean_forward": True, "length_subbatches": 1}),
+    "simcse-lean-sub": ("simcse", {"lean_forward": True, "length_subbatches": 4}),
     "simcse-compile": ("simcse", {"compile": True, "length_subbatches": 1}),
 }
 SPEED_TARGET = 1.5  # csekit SimCSE / sentence-transformers MNRL, same precision (issue #17)

@@ -119,3 +119,30 @@ def test_model_shape_counts_the_encoder_layers(tiny_bert_dir: Path) -> None:
     model = AutoModel.from_pretrained(str(tiny_bert_dir))
     counted = sum(p.numel() for p in model.encoder.parameters())
     assert _bench()._model_shape(str(tiny_bert_dir))["non_embedding_params"] == counted
+
+
+def test_gpu_check_forward_part_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py's training-forward part (issue #28: what decides the CUDA
+    defaults of the lean forward and the sub-batches) runs on a tiny model on the CPU: the four
+    arms, equal in float64 at dropout 0 (embeddings and every gradient, on a real 4-way split),
+    a step time per arm and batch, and the decision fields."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks._offline_assets import pseudo_words, save_bert
+    from benchmarks.gpu_check import FORWARD_ARMS, forward_part, markdown
+
+    model = save_bert(tmp_path / "m", words=pseudo_words(500, seed=1), hidden_size=32,
+                      num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      max_position_embeddings=64)
+    out = forward_part(model, "cpu", [4], rounds=1, warmup=1, precisions=("fp64",))
+    assert out["equality_subbatches"] > 1
+    for arm in list(FORWARD_ARMS)[1:]:
+        assert out["equality"]["fp64"][arm]["equal"], (arm, out["equality"]["fp64"][arm])
+    assert set(out["by_batch"]["4"]["step_ms_median"]) == set(FORWARD_ARMS)
+    assert out["by_batch"]["4"]["speedup_vs_hf"]["hf"] == 1.0
+    assert set(out["decision"]) == {"lean_forward_on_cuda", "length_subbatches_on_cuda", "rule"}
+    text = markdown({"machine": {"torch": "x", "cuda": None, "transformers": "x",
+                                 "accelerate": "x", "sentence_transformers": "x",
+                                 "loadavg": (0, 0, 0)}, "date": "d", "total_s": 1.0,
+                     "forward": out})
+    assert "lean forward on CUDA" in text and "| lean-sub |" in text

@@ -5,6 +5,9 @@ runs them on a GPU machine. CI never needs them.
   uninterrupted run (deterministic algorithms on; fp16 with its real gradient scaler, whose
   skipped updates are not steps);
 - the native inference backend on CUDA equal to transformers (fp32, no TF32);
+- the lean training forward and the length-sorted sub-batches on CUDA equal to transformers'
+  forward on one batch (float64, dropout 0, embeddings and gradients): half of what decides
+  their CUDA defaults (the other half, speed, is benchmarks/gpu_check.py's forward part);
 - 2-GPU DDP (torchrun, NCCL) equal to one GPU on the same global batch, when 2 GPUs exist.
 """
 
@@ -108,6 +111,25 @@ def test_native_encoding_on_cuda_equals_transformers(tiny_bert_dir: Path) -> Non
             b = hf.encode(sents, device="cuda", batch_size=16)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert Encoder.from_pretrained(str(tiny_bert_dir), backend="auto").backend == "hf"
+
+
+@pytest.mark.parametrize("arm", ["hf-sub", "lean", "lean-sub"])
+def test_training_forward_arms_equal_on_cuda(tiny_bert_dir: Path, arm: str) -> None:
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.gpu_check import _arm_outputs
+    from csekit.data import tokenize_pairs
+    from csekit.modeling.encoder import Encoder
+
+    enc = Encoder.from_pretrained(str(tiny_bert_dir), pooler="cls", mlp="train", dropout=0.0)
+    enc = enc.to("cuda", torch.float64).train()
+    enc.subbatch_part_cost = 0  # a real split even for this small batch
+    sents = [" ".join(["word"] * (1 + i % 23)) + f" {i}" for i in range(48)]
+    inputs = {k: v.cuda() for k, v in tokenize_pairs(enc.tokenizer, sents, 32).items()}
+    ref_z, ref_g = _arm_outputs(enc, inputs, "hf", "fp32")
+    z, g = _arm_outputs(enc, inputs, arm, "fp32")
+    assert (z - ref_z).abs().max() <= 1e-9 * ref_z.abs().max()
+    assert (g - ref_g).abs().max() <= 1e-9 * ref_g.abs().max()
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")

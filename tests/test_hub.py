@@ -8,6 +8,7 @@ re-rendered card, the visibility, the token, and that nothing else was requested
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,7 +60,8 @@ def saved_run(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     (out / "tensorboard").mkdir()
     (out / "tensorboard" / "events").write_bytes(b"y")
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
-    (out / ".csekit-model-files.json").write_text("[]")
+    (out / "config.yaml").write_text(f"model: {tiny_bert_dir}\noutput_dir: {out}\n"
+                                     f"train_file: {out.parent / 'corpus.txt'}\nseed: 3\n")
     return out
 
 
@@ -81,7 +83,7 @@ def test_push_folder_uploads_the_model_files(saved_run: Path, hub: FakeHub, onli
             "csekit_head.safetensors", "tokenizer.json"} <= expected
     assert not any(p.startswith(("checkpoints", "tensorboard", ".")) for p in files)
     for p, data in files.items():
-        if p != "README.md":
+        if p not in ("README.md", "csekit.json", "config.yaml"):  # (those: local paths as names)
             assert data == (saved_run / p).read_bytes(), p
     card = files["README.md"].decode()
     assert "# me/tiny-simcse" in card and 'SentenceTransformer("me/tiny-simcse")' in card
@@ -176,3 +178,116 @@ def test_cli_train_push_to_hub(tiny_bert_dir: Path, hub: FakeHub, tmp_path: Path
     assert "config.yaml" in files and not any(f.startswith("checkpoints") for f in files)
     assert "# me/trained" in files["README.md"].decode()
     assert set(hub.unknown) <= INCIDENTAL
+
+
+# ---------------------------------------------------------------------- what goes (issue #28)
+def test_only_the_model_and_its_record_are_uploaded(saved_run: Path, tmp_path: Path) -> None:
+    """An allow-list: a symlink to a system file, a nested old run's checkpoints, a user's
+    notes and hidden files stay local; the model's files (its manifest), the run's record and
+    the card go."""
+    from csekit.modeling.saved.folder import MODEL_MANIFEST
+    from csekit.modeling.saved.hub import upload_plan
+
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(saved_run, run, symlinks=True)
+    (run / "passwd").symlink_to("/etc/passwd")
+    (run / "old-run" / "checkpoints" / "step-5").mkdir(parents=True)
+    (run / "old-run" / "checkpoints" / "step-5" / "optimizer.pt").write_bytes(b"o")
+    (run / "old-run" / "model.safetensors").write_bytes(b"w")
+    (run / "notes.txt").write_text("mine")
+    listed = {p.as_posix() for p in model_files(run)}
+    model_own = set(json.loads((run / MODEL_MANIFEST).read_text()))
+    record = {"config.yaml", "metrics.jsonl"}
+    expected_top = model_own | record
+    assert {p.split("/")[0] for p in listed} == expected_top
+    assert not any(p.startswith(("old-run", "passwd", "notes", "checkpoints", "tensorboard"))
+                   for p in listed)
+    plan = {f.path_in_repo for f in upload_plan(run, "me/x")}
+    assert plan == listed | {"README.md"}
+
+
+def test_a_symlink_among_the_model_files_stops_the_upload(saved_run: Path,
+                                                          tmp_path: Path) -> None:
+    import shutil
+
+    from csekit.errors import ConfigError
+
+    for target in ("tokenizer.json", "1_Pooling/config.json"):
+        run = tmp_path / target.replace("/", "_")
+        shutil.copytree(saved_run, run, symlinks=True)
+        link = run / target
+        assert link.is_file()
+        link.unlink()
+        link.symlink_to("/etc/hostname")
+        with pytest.raises(ConfigError, match="symbolic link.*never uploads a link's target"):
+            model_files(run)
+    run = tmp_path / "dirlink"
+    shutil.copytree(saved_run, run, symlinks=True)
+    shutil.rmtree(run / "1_Pooling")
+    (run / "1_Pooling").symlink_to(saved_run / "1_Pooling", target_is_directory=True)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        model_files(run)
+
+
+def test_uploaded_configs_hold_no_local_path(saved_run: Path, hub: FakeHub, online,
+                                            tiny_bert_dir: Path) -> None:
+    """config.yaml and csekit.json's training config name local paths as ./NAME; no uploaded
+    byte holds the machine's folders (the oracle: the absolute paths' text)."""
+    import yaml
+
+    push_folder(saved_run, "me/paths", endpoint=hub.url)
+    files = hub.repos["me/paths"]["files"]
+    for secret in (str(saved_run.parent), str(tiny_bert_dir.parent)):
+        for name, data in files.items():
+            assert secret.encode() not in data, (name, secret)
+    cfg = yaml.safe_load(files["config.yaml"])
+    assert cfg == {"model": f"./{tiny_bert_dir.name}", "output_dir": "./run",
+                   "train_file": "./corpus.txt", "seed": 3}
+    meta = json.loads(files["csekit.json"])
+    assert meta["training_config"] == {"model": f"./{tiny_bert_dir.name}",
+                                       "objective": "simcse", "output_dir": "./run"}
+    local = json.loads((saved_run / "csekit.json").read_text())
+    assert {k: v for k, v in meta.items() if k != "training_config"} == \
+        {k: v for k, v in local.items() if k != "training_config"}
+    assert (saved_run / "config.yaml").read_text().startswith(f"model: {tiny_bert_dir}")
+
+
+def test_local_name_keeps_hub_ids() -> None:
+    from csekit.modeling.saved.hub import local_name
+
+    assert local_name("bert-base-uncased") == "bert-base-uncased"
+    assert local_name("princeton-nlp/unsup-simcse-bert-base-uncased") == \
+        "princeton-nlp/unsup-simcse-bert-base-uncased"
+    assert local_name("/data/wiki1m.txt,/data/more/*.txt") == "./wiki1m.txt,./*.txt"
+    assert local_name("../shared/models/bert-mini") == "./bert-mini"
+    assert local_name("~/runs/x") == "./x"
+    assert local_name(None) is None
+
+
+def test_cli_push_prints_the_list_first_and_dry_run_stops(saved_run: Path, hub: FakeHub,
+                                                          tmp_path: Path) -> None:
+    from csekit.modeling.saved.hub import upload_plan
+
+    names = [f.path_in_repo for f in upload_plan(saved_run, "org/dry")]
+    env = _cli_env(hub, tmp_path)
+    env.pop("HF_ENDPOINT")
+    env["HF_HUB_OFFLINE"] = "1"  # a dry run needs no network
+    p = subprocess.run([sys.executable, "-m", "csekit", "push", str(saved_run), "org/dry",
+                        "--dry-run"], env=env, capture_output=True, text=True, check=False,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.splitlines()
+    assert out[0].startswith(f"csekit: {len(names)} files for org/dry (")
+    assert [line.split()[0] for line in out[1:-1]] == names
+    assert out[-1] == "csekit: dry run: nothing uploaded"
+    assert hub.requests == []
+    p = subprocess.run([sys.executable, "-m", "csekit", "push", str(saved_run), "org/wet"],
+                       env=_cli_env(hub, tmp_path), capture_output=True, text=True,
+                       check=False, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.splitlines()
+    assert [line.split()[0] for line in out[1:1 + len(names)]] == names
+    assert out[-1].startswith("csekit: uploaded") and set(hub.repos["org/wet"]["files"]) == \
+        set(names)

@@ -265,7 +265,32 @@ def test_length_subbatches_default_by_device() -> None:
     from csekit.training import TrainConfig
     from csekit.training.speed import resolve_length_subbatches
 
-    assert TrainConfig().length_subbatches is None and TrainConfig().lean_forward is True
+    assert TrainConfig().length_subbatches is None
     assert resolve_length_subbatches(None, "cpu") == 4
     assert resolve_length_subbatches(None, torch.device("cuda", 1)) == 1
     assert resolve_length_subbatches(2, "cuda") == 2 and resolve_length_subbatches(1, "cpu") == 1
+
+
+def test_lean_forward_default_by_device(tiny_bert_dir: Path) -> None:
+    """The lean forward follows the sub-batches' rule (issue #28): None (the default) is on
+    for CPU, where it was measured, and off on CUDA, where it never ran, until gpu_check.sh
+    records its equality and speed there; an explicit value wins everywhere. What the Trainer
+    calls (configure_training_forward) is checked for a CUDA device without one: only the
+    device's type is read."""
+    from types import SimpleNamespace
+
+    from csekit.modeling.encoder import Encoder
+    from csekit.training import TrainConfig
+    from csekit.training.speed import configure_training_forward, resolve_lean_forward
+
+    assert TrainConfig().lean_forward is None
+    assert resolve_lean_forward(None, "cpu") is True
+    assert resolve_lean_forward(None, torch.device("cuda", 0)) is False
+    assert resolve_lean_forward(True, "cuda") is True and resolve_lean_forward(False, "cpu") is False
+    enc = Encoder.from_pretrained(str(tiny_bert_dir), pooler="cls", mlp="train")
+    for device, value, expected in (("cpu", None, True), ("cuda", None, False),
+                                    ("cuda", True, True), ("cpu", False, False)):
+        cfg = SimpleNamespace(length_subbatches=None, compile=False, lean_forward=value)
+        configure_training_forward(enc, cfg, ddp_kwargs=SimpleNamespace(), world_size=1,
+                                   device=torch.device(device))
+        assert enc.lean_forward is expected and enc.runs_lean_forward is expected, (device, value)

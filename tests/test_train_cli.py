@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from csekit.cli.main import main
 from csekit.errors import ConfigError
@@ -81,6 +82,12 @@ def _bad_cases(tmp: Path, tiny: Path) -> list[tuple[str, list[str], str]]:
         ("warm-up twice", m + t + o + ["--warmup-steps", "5", "--warmup-ratio", "0.1"],
          "warmup"),
         ("patience without data", m + t + o + ["--patience", "3"], "--data-dir"),
+        ("patience without evaluation", m + t + o + ["--patience", "3", "--data-dir",
+                                                     str(nosts), "--eval-steps", "0"],
+         "--eval-steps 0"),
+        ("eval at start without evaluation", m + t + o + ["--eval-at-start", "--eval-steps",
+                                                          "0"], "eval_at_start"),
+        ("negative eval steps", m + t + o + ["--eval-steps", "-1"], "eval_steps"),
         ("fp16 on CPU", m + t + o + ["--precision", "fp16"], "fp16"),
         ("batch 1", m + t + o + ["--batch-size", "1"], "batch_size"),
         ("zero lr", m + t + o + ["--learning-rate", "0"], "learning_rate"),
@@ -180,3 +187,69 @@ def test_clusterns_with_only_model_corpus_and_output_runs(tiny_bert_dir: Path, t
                and "n_clusters=128*" in r.message for r in caplog.records)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["batch_size"], saved["n_clusters"], saved["bml_weight"]) == (256, 128, 1e-3)
+
+
+def test_eval_steps_0_trains_without_dev_evaluation(tiny_bert_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--eval-steps 0 (issue #28): no STS-B dev evaluation, even with --data-dir (whose test
+    files still give the final test); the model at the root is the last one: the weights of
+    the final checkpoint. --help says so."""
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train_eval import make_senteval
+
+    corpus = make_corpus(tmp_path / "c.txt", n=100)
+    data = make_senteval(tmp_path / "senteval")
+    (data / "downstream" / "STS" / "STSBenchmark" / "sts-dev.csv").unlink()  # not needed
+    out = tmp_path / "out"
+    rc = main(["train", "--model", str(tiny_bert_dir), "--train-file", str(corpus),
+               "--output-dir", str(out), "--batch-size", "8", "--max-steps", "4",
+               "--eval-steps", "0", "--data-dir", str(data), "--pooler", "avg", "--mlp",
+               "none", "--no-progress", "--save-steps", "2"])
+    assert rc == 0, capsys.readouterr().err
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and not any(k.startswith("eval/") for r in rows for k in r)
+    last = load_file(str(out / "checkpoints" / "step-4" / "model.safetensors"))
+    root = load_file(str(out / "model.safetensors"))
+    # (the checkpoint holds the Encoder's parameters as backbone.<name>; the unused BERT
+    # pooler, kept out of training, is only in the saved folder)
+    shared = [k for k in root if f"backbone.{k}" in last]
+    assert len(shared) > 10 and all(k.startswith("pooler.") for k in set(root) - set(shared))
+    for k in shared:
+        assert torch.equal(root[k], last[f"backbone.{k}"]), k
+    results = json.loads((out / "results.json").read_text())
+    assert results["test"]["spearman"] and results["steps"] == 4
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0: no dev evaluation" in text and "the best model is then the last one" in text
+
+
+def test_an_error_under_the_progress_bar_is_a_line_of_its_own(
+        tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The progress bar redraws its line with a carriage return; an error printed while it is
+    open used to land on the bar's line. It is closed first now (issue #28)."""
+    from csekit.training.step import UpdateStep
+
+    monkeypatch.delenv("CI", raising=False)
+    real = UpdateStep.forward_backward
+    calls = [0]
+
+    def nan_on_third(self, inputs, scale):  # type: ignore[no-untyped-def]
+        out = real(self, inputs, scale)
+        calls[0] += 1
+        if calls[0] == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(UpdateStep, "forward_backward", nan_on_third)
+    corpus = make_corpus(tmp_path / "c.txt", n=100)
+    rc = main(["train", "--model", str(tiny_bert_dir), "--train-file", str(corpus),
+               "--output-dir", str(tmp_path / "o"), "--batch-size", "8", "--max-steps", "6",
+               "--pooler", "avg", "--mlp", "none", "--progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "step" in err  # the bar was drawn
+    lines = [x for x in err.split("\n") if "csekit: error:" in x]
+    assert len(lines) == 1 and lines[0].startswith("csekit: error: non-finite loss"), lines

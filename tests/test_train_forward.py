@@ -260,3 +260,35 @@ def test_cpu_bernoulli_noise_is_an_iid_keep_mask() -> None:
     y.sum().backward()
     torch.testing.assert_close(x.grad, noise4, rtol=0, atol=0)
     assert dropout(x, 0.25, False) is x and dropout(x, 0.0, True) is x
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_dropout_scale_is_exact_in_reduced_precision(dtype: torch.dtype) -> None:
+    """bf16 / fp16 CPU dropout scales a kept value by 1/keep computed in fp32, rounded once,
+    as ``nn.Dropout`` does (issue #28): bf16(1/0.9) = 1.109375 would shrink every kept value
+    by 0.16% at every dropout site of every layer.
+
+    Oracle: the same draw (same seed) recomputed in float64 from the keep mask, rounded to the
+    dtype; and the kept values' sum over the inputs' sum at the kept positions, which must be
+    1/keep to within bf16 rounding noise (about 1e-5 here; the rounded scale gives -0.16%)."""
+    from csekit.modeling.speed.train_forward import bernoulli_keep_mask, dropout
+
+    keep = 0.9
+    torch.manual_seed(0)
+    x = (torch.rand(2_000_000, dtype=torch.float64) + 1.0).to(dtype)  # no zeros: mask = y != 0
+    torch.manual_seed(7)
+    y = dropout(x, 1 - keep, True)
+    torch.manual_seed(7)
+    mask = bernoulli_keep_mask(x.shape, keep)
+    assert y.dtype == dtype and torch.equal(y != 0, mask)
+    expected = (x.double() * mask.double() / keep).to(dtype)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    ratio = y[mask].double().sum() / x[mask].double().sum() * keep
+    assert abs(ratio.item() - 1.0) < 1e-4, ratio.item()
+    # the gradient is the same scaled mask
+    xg = x[:1000].clone().requires_grad_(True)
+    torch.manual_seed(3)
+    dropout(xg, 1 - keep, True).sum().backward()
+    torch.manual_seed(3)
+    m = bernoulli_keep_mask(xg.shape, keep)
+    torch.testing.assert_close(xg.grad, (m.double() / keep).to(dtype), rtol=0, atol=0)

@@ -6,8 +6,17 @@ single atomic step: at every instant ``path`` is either the complete old folder 
 new one. Elsewhere, the old folder is first renamed aside and then the new one renamed in (a
 crash between the two renames leaves the old folder intact at ``.<name>.old-*``).
 
-Temporary folders are named ``.<name>.tmp-<pid>-<random>``; those of a writer that was killed
-(its pid is gone) are removed by the next save into the same parent folder.
+Temporary folders are named ``.<name>.tmp-<host>-<pid>-<random>``; those of a writer on this
+host that was killed (its pid is gone) are removed by the next save into the same parent
+folder. A writer on another host (a shared output or cache folder on NFS) is never judged by
+its pid: its temp is left alone. (Names from before the host was added, ``.<name>.tmp-<pid>-
+<random>``, are left alone too.)
+
+:func:`merge_dir` commits a complete staging folder into a folder that holds other files too
+(a run's output folder, a user's folder): the model's entries are moved in one by one, the
+entries of the previous save that the new one lacks are removed, and nothing else is touched.
+The staging folder's manifest is the journal: a commit interrupted by a kill is finished by
+running it again.
 """
 
 from __future__ import annotations
@@ -15,13 +24,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
+import re
 import shutil
+import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -99,17 +111,45 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def host_name() -> str:
+    """This machine's name as it appears in a writer's temp name (no ``/``, no spaces)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+
+
+def writer_tag() -> str:
+    """``<host>-<pid>``: who writes a temp file or folder."""
+    return f"{host_name()}-{os.getpid()}"
+
+
+def temp_name(name: str) -> str:
+    """``.<name>.tmp-<host>-<pid>-<random>``: a writer's private temp sibling of ``name``."""
+    return f".{name}.tmp-{writer_tag()}-{uuid.uuid4().hex[:8]}"
+
+
+def parse_writer(tag: str) -> tuple[str, int] | None:
+    """(host, pid) of ``<host>-<pid>-<random>``; None for another form (an older name)."""
+    parts = tag.rsplit("-", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+def writer_is_gone(tag: str) -> bool:
+    """True only for a writer of THIS host whose process has ended (a killed writer); another
+    host's writer, or a tag without a host, is never judged by its pid."""
+    who = parse_writer(tag)
+    if who is None or who[0] != host_name():
+        return False
+    return who[1] != os.getpid() and not _pid_alive(who[1])
+
+
 def remove_stale_temps(parent: Path, name: str | None = None) -> None:
-    """Delete ``.<name>.tmp-<pid>-*`` folders under ``parent`` left by a killed writer (its pid
-    is gone); every name when ``name`` is None."""
+    """Delete ``.<name>.tmp-<host>-<pid>-*`` folders under ``parent`` left by a killed writer
+    of this host (:func:`writer_is_gone`); every name when ``name`` is None."""
     if not parent.is_dir():
         return
     for tmp in parent.glob(f".{name if name is not None else '*'}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
-        except (IndexError, ValueError):
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if writer_is_gone(tmp.name.rsplit(".tmp-", 1)[1]):
             logger.info("removing %s left by an interrupted save", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -128,7 +168,7 @@ def maybe_pause_mid_save(step: int | None = None) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a small text file atomically (temp file + fsync + rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(temp_name(path.name))
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
@@ -150,7 +190,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
         raise ConfigError(f"cannot save to {dst}: it exists and is not a directory")
     remove_stale_temps(dst.parent, dst.name)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = dst.with_name(temp_name(dst.name))
     tmp.mkdir()
     try:
         yield tmp
@@ -159,3 +199,67 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_manifest(folder: Path, manifest: str) -> list[str] | None:
+    """The entry names listed in ``folder/manifest`` (a JSON list); None when absent or bad."""
+    try:
+        names = json.loads((Path(folder) / manifest).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return [n for n in names if n and "/" not in n and n not in (".", "..", manifest)]
+
+
+def write_manifest(folder: Path, manifest: str) -> list[str]:
+    """List every entry of ``folder`` (except the manifest) in ``folder/manifest``."""
+    names = sorted(p.name for p in Path(folder).iterdir() if p.name != manifest)
+    (Path(folder) / manifest).write_text(json.dumps(names) + "\n", encoding="utf-8")
+    return names
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a symlink (never its target) or a folder."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def merge_dir(staging: Path, root: Path, *, manifest: str, owned: Iterable[str] = ()) -> list[str]:
+    """Move the complete folder ``staging`` (a child of ``root``) into ``root``, entry by entry.
+
+    ``staging/manifest`` lists its entries (the journal); ``root/manifest`` lists those of the
+    previous commit, which are removed when the new one lacks them (``owned``: the names to
+    treat so when ``root`` has no manifest). Every other entry of ``root`` stays as it is.
+    Run again after a kill, it finishes the commit: entries already moved are in the new list,
+    so they are not removed, and the root manifest is replaced only at the end. Returns the
+    committed names.
+    """
+    staging, root = Path(staging), Path(root)
+    new = read_manifest(staging, manifest)
+    if new is None:  # a staging folder written without a journal: its entries
+        new = sorted(p.name for p in staging.iterdir() if p.name != manifest)
+        (staging / manifest).parent.mkdir(parents=True, exist_ok=True)
+        (staging / manifest).write_text(json.dumps(new) + "\n", encoding="utf-8")
+    old = read_manifest(root, manifest)
+    if old is None:
+        old = [n for n in owned if (root / n).exists() or (root / n).is_symlink()]
+    for name in new:
+        src, dst, aside = staging / name, root / name, root / f".old-{name}"
+        if src.exists() or src.is_symlink():  # (else moved before an interruption)
+            exists = dst.exists() or dst.is_symlink()
+            if exists and ((dst.is_dir() and not dst.is_symlink()) or src.is_dir()):
+                _remove(aside)
+                os.replace(dst, aside)  # a folder cannot be replaced by a rename
+            os.replace(src, dst)
+        if aside.exists() or aside.is_symlink():
+            _remove(aside)
+    for name in sorted(set(old) - set(new)):
+        _remove(root / name)
+    fsync_dir(root)
+    os.replace(staging / manifest, root / manifest)  # the commit point of the new list
+    shutil.rmtree(staging, ignore_errors=True)
+    fsync_dir(root)
+    return new

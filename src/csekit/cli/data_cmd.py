@@ -1,5 +1,6 @@
-"""``csekit data download | check | sick-triplets``: fetch the evaluation data and corpora; vet a
-training file; build a small offline NLI triplet file from SICK train + trial."""
+"""``csekit data download | check | sick-triplets | cache``: fetch the evaluation data and
+corpora; vet a training file; build a small offline NLI triplet file from SICK train + trial;
+list and prune csekit's cache of corpus indexes."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("data", help="download evaluation data and corpora; check a corpus",
-                                   description="Download SentEval STS/SICK and wiki1m; check a corpus.")
+    parser = subparsers.add_parser(
+        "data", help="download evaluation data and corpora; check a corpus; the index cache",
+        description="Download SentEval STS/SICK and wiki1m; check a corpus; list and prune "
+                    "the cache of corpus indexes.")
     from csekit.data.tabular import ON_BAD_LINE
 
     parser.set_defaults(func=lambda args: _usage(parser))
@@ -71,6 +74,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     st.add_argument("--splits", default="train,trial", help="SICK splits: train, trial")
     st.set_defaults(func=_sick_triplets)
 
+    ca = sub.add_parser(
+        "cache", help="list csekit's cached corpus indexes; --prune removes old ones",
+        description="List the corpus indexes csekit keeps in $CSEKIT_CACHE/corpus-index "
+                    "(default ~/.cache/csekit): size, last use, rows, source files. With "
+                    "--prune, remove those unused for --older-than DAYS and/or the least "
+                    "recently used until the rest fits in --max-size; a removed index is "
+                    "rebuilt by its next use. Only csekit's own indexes, their lock files and "
+                    "interrupted builds are ever removed. Without --prune, the rules only "
+                    "mark what they would remove.")
+    ca.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                    help="select indexes not used for DAYS days")
+    ca.add_argument("--max-size", default=None, metavar="SIZE",
+                    help="select least recently used indexes until the rest fits (e.g. 20GB)")
+    ca.add_argument("--prune", action="store_true", help="remove what the rules select")
+    ca.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ca.set_defaults(func=_cache)
+
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
@@ -116,4 +136,46 @@ def _sick_triplets(args: argparse.Namespace) -> int:
     rows = sick_triplets(resolve_data_dir(args.data_dir) / "SICK", splits)
     path = write_triplets_csv(rows, args.out)
     print(json.dumps({"file": str(path), "triplets": len(rows), "splits": splits}))
+    return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from csekit.data.cache_admin import list_cache, parse_size, prune_cache
+    from csekit.data.index_cache import INDEX_DIR, cache_root
+    from csekit.errors import ConfigError
+
+    max_bytes = parse_size(args.max_size) if args.max_size is not None else None
+    rules = args.older_than is not None or max_bytes is not None
+    if args.prune and not rules:
+        raise ConfigError("--prune needs --older-than DAYS and/or --max-size SIZE")
+    entries = list_cache()
+    chosen = {e.path for e in prune_cache(older_than_days=args.older_than, max_bytes=max_bytes,
+                                          dry_run=not args.prune)} if rules else set()
+    where = cache_root() / INDEX_DIR
+    if args.json:
+        print(json.dumps({"cache": str(where), "entries": [
+            {**e.describe(), "selected": e.path in chosen,
+             "removed": args.prune and e.path in chosen} for e in entries]}, indent=1))
+        return 0
+    total = sum(e.size for e in entries)
+    print(f"{where}: {len(entries)} entries, {_human(total)}")
+    for e in entries:
+        d = e.describe()
+        mark = ("removed " if args.prune else "would go") if e.path in chosen else "        "
+        rows = "" if d["rows"] is None else f"{d['rows']} rows"
+        src = ", ".join(d["sources"][:2]) + (" ..." if len(d["sources"]) > 2 else "")
+        print(f"{mark} {d['key']}  {_human(e.size):>9}  used {d['last_used']}  {d['kind']}"
+              f"  {rows}  {src}".rstrip())
+    if chosen:
+        freed = sum(e.size for e in entries if e.path in chosen)
+        verb = "removed" if args.prune else "would remove (pass --prune)"
+        print(f"csekit: {verb} {len(chosen)} entries, {_human(freed)}")
     return 0

@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from csekit.atomic import temp_name
 from csekit.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -73,15 +74,14 @@ def _compact(tmp: Path, n: int, d: int) -> Path:
 
 
 def _remove_stale_temps(out: Path) -> None:
-    """Delete ``.<stem>.tmp*-<pid>.npy`` left by a killed encode (its pid is gone)."""
+    """Delete ``.<stem>.tmp*-<host>-<pid>-<random>.npy`` left by a killed encode of this host
+    (csekit.atomic.writer_is_gone; another host's encode in progress is never touched)."""
+    from csekit.atomic import writer_is_gone
+
     for p in out.parent.glob(f".{out.stem}.tmp*-*.npy"):
-        try:
-            pid = int(p.name.rsplit("-", 1)[1].split(".")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        tag = p.name[:-len(".npy")].split(".tmp", 1)[1].split("-", 1)[-1]
+        if writer_is_gone(tag):
             p.unlink(missing_ok=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                                   instruction=args.instruction)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npy")
+    tmp = out.with_name(temp_name(out.stem) + ".npy")
     mm = None
     n = 0
     bar = tqdm(total=total, unit="sent", unit_scale=True, dynamic_ncols=True,
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         os.replace(final, out)
     except BaseException:
         bar.close()
-        for p in out.parent.glob(f".{out.stem}.tmp*-{os.getpid()}.npy"):
+        for p in (tmp, tmp.with_name(tmp.name.replace(".tmp-", ".tmp2-"))):
             p.unlink(missing_ok=True)
         raise
     logger.info("wrote %s: %d x %d", out, n, d)

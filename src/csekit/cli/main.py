@@ -8,6 +8,7 @@ exit code 2; logging is configured here and nowhere else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -45,15 +46,30 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
 
 
+def close_progress_bars() -> None:
+    """Close every open tqdm bar (each ends its line), so that what is printed next starts a
+    line of its own instead of landing after the bar's carriage return."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):  # a half-built bar must not hide the error
+            bar.close()
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed sub-command; a :class:`CsekitError` becomes one stderr line and its exit
-    code (2 for user errors), Ctrl-C outside training becomes exit 130."""
+    code (2 for user errors), Ctrl-C outside training becomes exit 130. Open progress bars
+    are closed first, so the line is a line of its own in a terminal and in a log."""
     try:
         rc = args.func(args)
     except CsekitError as err:
+        close_progress_bars()
         print(f"csekit: error: {first_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
+        close_progress_bars()
         print("csekit: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)

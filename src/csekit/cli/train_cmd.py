@@ -41,7 +41,9 @@ HELP: dict[str, str] = {
     "text_column": "the text column of an unsupervised JSONL/CSV/Parquet/datasets corpus "
                    "(default: the only string column, or the one named text or sentence)",
     "output_dir": "best model at its root, checkpoints/ , metrics.jsonl, results.json",
-    "data_dir": "SentEval folder (contains downstream/) for STS-B dev and the final STS test",
+    "data_dir": "SentEval folder (contains downstream/) for STS-B dev and the final STS test; "
+                "without it (or with --eval-steps 0) there is no dev evaluation and the best "
+                "model is the last one",
     "objective": "training objective",
     "pooler": "training pooler (with --mlp train, evaluation uses cls_before_pooler)",
     "mlp": "MLP head: train (SimCSE mlp_only_train), always, none",
@@ -114,12 +116,14 @@ HELP: dict[str, str] = {
     "skip_nonfinite": "skip updates whose loss is NaN/inf instead of stopping",
     "length_subbatches": "run each training forward as up to N length-sorted sub-batches, "
                          "each padded to its own longest sentence (same maths); 1: one padded "
-                         "batch; default 4 on CPU, 1 on GPU (not measured there yet)",
+                         "batch; 1 on GPUs until benchmarks/gpu_check.sh has measured it there",
     "compile": "torch.compile the backbone for training",
     "lean_forward": "BERT/RoBERTa training forward with stacked Q/K/V and, for [CLS] pooling, "
                     "only position 0 in the last layer (same maths; --no-lean-forward: "
-                    "transformers' forward)",
-    "eval_steps": "evaluate STS-B dev every N steps (published: 125)",
+                    "transformers' forward); off on GPUs until benchmarks/gpu_check.sh has "
+                    "measured it there",
+    "eval_steps": "evaluate STS-B dev every N steps (published: 125); 0: no dev evaluation "
+                  "(for a corpus without STS data: the best model is then the last one)",
     "eval_batch_size": "batch size of evaluation encoding",
     "patience": "early stopping after N evaluations without improvement (ClusterNS: 3)",
     "eval_at_start": "also evaluate the untrained model at step 0 (it competes for the best model)",
@@ -143,6 +147,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prompt_positions": POSITION_MODES,
 }
 SKIP = {"extra"}
+# Defaults that depend on the device (None in TrainConfig), as --help shows them.
+AUTO_SHOWN = {"lean_forward": "on for CPU, off for GPU",
+              "length_subbatches": "4 on CPU, 1 on GPU"}
 
 
 def _type_of(name: str) -> type:
@@ -169,7 +176,7 @@ def register(subparsers: Any) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = HELP.get(f.name, f.name)
         shown = "the objective's published value" if f.name in OBJECTIVE_DEPENDENT \
-            else getattr(defaults, f.name)
+            else AUTO_SHOWN.get(f.name, getattr(defaults, f.name))
         kind = _type_of(f.name)
         if kind is bool:
             if f.name == "resume":

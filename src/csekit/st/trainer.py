@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformerTrainer as _STTrainer
 
-from csekit.atomic import fsync_dir
+from csekit.atomic import fsync_dir, temp_name
 from csekit.errors import ConfigError
 from csekit.st.losses import CsekitLoss
 
@@ -59,7 +58,7 @@ def save_loss_state(loss: Any, checkpoint: str | os.PathLike[str]) -> Path | Non
     meta = {"format": "1", "losses": json.dumps({n: type(f).__name__ for n, f in losses.items()})}
     path = Path(checkpoint) / LOSS_STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(temp_name(path.name))
     save_file(tensors, str(tmp), metadata=meta)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())

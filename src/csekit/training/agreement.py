@@ -10,6 +10,7 @@ All functions are no-ops beyond rank 0's own checks in a single process.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -20,8 +21,18 @@ import torch
 
 from csekit import distributed as D
 from csekit.atomic import atomic_write_text
-from csekit.errors import CheckpointError, ConfigError, CsekitError
+from csekit.errors import (
+    CheckpointError,
+    ConfigError,
+    CsekitError,
+    DataError,
+    ModelLoadError,
+    TrainingError,
+    first_line,
+)
 from csekit.training.checkpoint import checkpoint_dir, list_checkpoints
+
+logger = logging.getLogger(__name__)
 
 # How long a process waits for rank 0's marker file to appear (network filesystems cache
 # directory entries for a few seconds).
@@ -42,14 +53,32 @@ def raise_if_any(error: str | None) -> None:
         raise ConfigError(errors[0])
 
 
+_SAME_CLASS = {cls.__name__: cls for cls in (CheckpointError, ConfigError, DataError,
+                                             ModelLoadError, TrainingError)}
+
+
 def agree_errors(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-    """Run ``fn`` on every process; if it raises a CsekitError on any of them, raise that
-    error's message on all (no process is left waiting in a collective)."""
+    """Run ``fn`` on every process; if it raises on any of them, raise the first such error's
+    line on all (no process is left waiting in a collective, and every one ends with the same
+    ``csekit: error:`` line).
+
+    A CsekitError keeps its class (so its exit code) everywhere. Any other exception (a
+    library error, a NaN check, a bug) on one process of a multi-process run becomes a
+    :class:`TrainingError` naming the process and the exception's first line; that process
+    logs the traceback first. In one process nothing is translated.
+    """
     err: CsekitError | None = None
     try:
         out = fn(*args, **kwargs)
     except CsekitError as e:
         err, out = e, None
+    except Exception as e:
+        if not D.is_distributed():
+            raise
+        logger.exception("process %d: %s failed", D.rank(), getattr(fn, "__name__", "a step"))
+        err = TrainingError(f"process {D.rank()} failed: {type(e).__name__}: {first_line(e)}")
+        err.__cause__ = e
+        out = None
     if not D.is_distributed():
         if err is not None:
             raise err
@@ -57,10 +86,9 @@ def agree_errors(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     msgs = D.all_gather_object(None if err is None else (type(err).__name__, str(err)))
     first = next((m for m in msgs if m), None)
     if first is not None:
-        if err is not None:
+        if err is not None and (type(err).__name__, str(err)) == tuple(first):
             raise err
-        cls = CheckpointError if first[0] == "CheckpointError" else ConfigError
-        raise cls(first[1])
+        raise _SAME_CLASS.get(first[0], ConfigError)(first[1]) from err
     return out
 
 

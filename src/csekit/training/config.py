@@ -136,10 +136,12 @@ class TrainConfig:
     length_subbatches: int | None = None
     compile: bool = False  # torch.compile the backbone (did not pay on CPU when measured)
     # BERT / RoBERTa train forward through csekit.modeling.speed.train_forward (stacked QKV; [CLS]
-    # pooling computes only position 0 in the last layer); off for other backbones and prompts
-    lean_forward: bool = True
+    # pooling computes only position 0 in the last layer); off for other backbones and prompts.
+    # None (default): on on CPU, where it was measured; off on accelerators until gpu_check.sh
+    # has recorded its equality and speed there (docs/training_speed.md)
+    lean_forward: bool | None = None
     # --- evaluation, early stopping
-    eval_steps: int = 125
+    eval_steps: int = 125  # 0: no dev evaluation (the best model is then the last one)
     eval_batch_size: int = 128
     patience: int | None = None  # evaluations without improvement before stopping; None: off
     eval_at_start: bool = False  # also evaluate the initial model (step 0); it competes for best
@@ -267,6 +269,12 @@ class TrainConfig:
                             target_modules=targets or None)
 
     @property
+    def dev_eval(self) -> bool:
+        """STS-B dev evaluation during training: a --data-dir and --eval-steps > 0. Without
+        it the best model is the last one (saved at the end)."""
+        return self.data_dir is not None and self.eval_steps > 0
+
+    @property
     def uses_clusters(self) -> bool:
         return self.objective in ("clusterns", "clusterns-focal")
 
@@ -312,9 +320,11 @@ class TrainConfig:
         if not cfg.train_file:
             raise ConfigError("no training corpus: give --train-file FILE (one sentence a line, "
                               "or a .csv/.tsv/.jsonl/.parquet of NLI pairs or triplets)")
-        for name in ("batch_size", "max_seq_len", "eval_steps", "grad_accum_steps", "epochs",
+        for name in ("batch_size", "max_seq_len", "grad_accum_steps", "epochs",
                      "logging_steps", "eval_batch_size"):
             _positive(name, getattr(cfg, name))
+        if cfg.eval_steps != 0:
+            _positive("eval_steps", cfg.eval_steps)  # (0: no dev evaluation)
         if cfg.length_subbatches is not None:
             _positive("length_subbatches", cfg.length_subbatches)
         if cfg.max_steps is not None:
@@ -344,6 +354,12 @@ class TrainConfig:
             raise ConfigError(f"patience must be >= 1 evaluations (or unset), got {cfg.patience}")
         if cfg.patience is not None and not cfg.data_dir:
             raise ConfigError("patience (early stopping) needs STS-B dev: give --data-dir")
+        if cfg.eval_steps == 0 and cfg.patience is not None:
+            raise ConfigError("patience (early stopping) needs dev evaluation, which "
+                              "--eval-steps 0 switches off")
+        if cfg.eval_steps == 0 and cfg.eval_at_start:
+            raise ConfigError("eval_at_start needs dev evaluation, which --eval-steps 0 "
+                              "switches off")
         if cfg.batch_size % world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
                               f"{world_size} processes; pick a multiple of {world_size}")

@@ -2,11 +2,12 @@
 
 The root of ``output_dir`` holds both the best model (a sentence-transformers folder written by
 ``Encoder.save``) and the run's working files (``checkpoints/``, ``metrics.jsonl``,
-``config.yaml``, ``results.json``, ``tensorboard/``). ``Encoder.save`` replaces a whole
-directory atomically, so the best model is first saved complete into ``output_dir/.best-next``
-(atomic) and then committed into the root entry by entry with ``os.replace``; the complete
-``.best-next`` folder is the journal: if a kill interrupts the commit, the next start (or
-``--resume``) finishes it (:func:`recover_best`). The run's own files are never touched.
+``config.yaml``, ``results.json``, ``tensorboard/``). The best model is first saved complete
+into ``output_dir/.best-next`` (atomic) and then committed into the root entry by entry
+(:func:`csekit.atomic.merge_dir`, as ``Encoder.save`` into a folder with other files does); the
+complete ``.best-next`` folder and its manifest are the journal: if a kill interrupts the
+commit, the next start (or ``--resume``) finishes it (:func:`recover_best`). The run's own
+files are never touched.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import platform
 import shutil
 from collections.abc import Iterator
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from csekit.atomic import atomic_write_text, fsync_dir
+from csekit.atomic import atomic_write_text, merge_dir
+from csekit.modeling.saved.folder import BEST_STAGING, MODEL_MANIFEST
 from csekit.precision import exact_fp32
 from csekit.training.checkpoint import TrainerState, disk_errors, last_checkpoint, state_bytes
 from csekit.training.config import TrainConfig
@@ -33,10 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STAGING = ".best-next"
+STAGING = BEST_STAGING
 RUN_FILES = {"checkpoints", "metrics.jsonl", "config.yaml", "results.json", "tensorboard",
              STAGING}
-MODEL_MANIFEST = ".csekit-model-files.json"  # names of the model entries at the root
 
 
 @contextlib.contextmanager
@@ -180,27 +180,10 @@ class BestModelKeeper:
 def commit_best(root: Path) -> None:
     """Move the complete ``root/.best-next`` model into ``root`` (keeps the run's files)."""
     staging = root / STAGING
-    if not (staging / "modules.json").exists():
+    if not (staging / MODEL_MANIFEST).is_file() and not (staging / "modules.json").exists():
         shutil.rmtree(staging, ignore_errors=True)  # incomplete: the old best stays
         return
-    new = sorted(p.name for p in staging.iterdir())
-    old = _model_entries(root)
-    for name in new:
-        src, dst = staging / name, root / name
-        if dst.is_dir() and not dst.is_symlink():
-            aside = root / f".old-{name}"
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(dst, aside)
-            os.replace(src, dst)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(src, dst)
-    for name in set(old) - set(new):
-        p = root / name
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    atomic_write_text(root / MODEL_MANIFEST, json.dumps(new))
-    shutil.rmtree(staging, ignore_errors=True)
-    fsync_dir(root)
+    merge_dir(staging, root, manifest=MODEL_MANIFEST)
 
 
 def recover_best(root: Path) -> None:
@@ -208,21 +191,11 @@ def recover_best(root: Path) -> None:
     if not root.is_dir():
         return
     for p in root.iterdir():
-        if p.name.startswith(f".{STAGING}.tmp-") or p.name.startswith(".old-"):
+        if p.name.startswith(f".{STAGING}.tmp-"):
             shutil.rmtree(p, ignore_errors=True)
     if (root / STAGING).exists():
         logger.warning("finishing the interrupted save of the best model in %s", root)
         commit_best(root)
-
-
-def _model_entries(root: Path) -> list[str]:
-    path = root / MODEL_MANIFEST
-    if path.exists():
-        try:
-            return list(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError):
-            pass
-    return []
 
 
 def available_test_tasks(data_dir: str | None) -> list[str]:

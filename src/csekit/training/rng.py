@@ -2,15 +2,24 @@
 
 States are stored as tensors and plain Python lists so that they load with
 ``torch.load(..., weights_only=True)`` (no pickled numpy objects).
+
+On CUDA a process draws its dropout from the generator of ITS device; a checkpoint holds one
+state per process (the Trainer gathers them, by rank) with the states of every device that
+process saw and the index of its own (``cuda_device``). Restoring puts that own state on the
+restoring process's current device, so rank r continues its stream even when the number of
+visible devices per process changed (all GPUs visible to each process vs one each).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -24,6 +33,7 @@ def get_rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_device"] = int(torch.cuda.current_device())  # this process's own
     return state
 
 
@@ -38,8 +48,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
-        else:
-            torch.cuda.set_rng_state(cuda_states[0])
+        own = state.get("cuda_device")
+        if own is not None and 0 <= int(own) < len(cuda_states):
+            # the saving process's own generator continues on this process's device
+            torch.cuda.set_rng_state(cuda_states[int(own)], device=torch.cuda.current_device())
+        elif len(cuda_states) != torch.cuda.device_count():
+            logger.warning("checkpoint from an older csekit without the device of each "
+                           "process's RNG state, and %d GPUs visible instead of %d: device "
+                           "0's state is used", torch.cuda.device_count(), len(cuda_states))
+            torch.cuda.set_rng_state(cuda_states[0], device=torch.cuda.current_device())
 
 
 def seed_everything(seed: int) -> None:

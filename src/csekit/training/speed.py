@@ -11,7 +11,9 @@
   not needed (no DDP) and the probe is skipped.
 - **The lean forward** (``TrainConfig.lean_forward``, :mod:`csekit.modeling.speed.train_forward`):
   stacked Q/K/V and, for [CLS] pooling, only position 0 in the last layer. Off under
-  ``compile`` (the compiled module's forward would not be the one that runs).
+  ``compile`` (the compiled module's forward would not be the one that runs). Unset, it is on
+  for CPU (measured) and off on accelerators, where it has not run yet: the same rule as the
+  sub-batches, until ``benchmarks/gpu_check.sh`` records equality and speed on a GPU.
 - ``torch.compile`` of the backbone (``TrainConfig.compile``), in place (``Module.compile``),
   so that parameter names, checkpoints and saved folders are unchanged. Off by default: on
   the 2-core CPU it did not pay (see ``docs/training_speed.md``).
@@ -80,12 +82,25 @@ def resolve_length_subbatches(value: int | None, device: Any = "cpu") -> int:
     return AUTO_LENGTH_SUBBATCHES.get(torch.device(device).type, 1)
 
 
+# The lean forward when TrainConfig.lean_forward is None, by device type: on where it was
+# measured (CPU: equal to transformers' forward, 1.56x with the sub-batches); elsewhere off
+# until benchmarks/gpu_check.sh has recorded its equality and speed on that device.
+AUTO_LEAN_FORWARD: dict[str, bool] = {"cpu": True}
+
+
+def resolve_lean_forward(value: bool | None, device: Any = "cpu") -> bool:
+    """``value`` when set, else the measured default for ``device``'s type (off if none)."""
+    if value is not None:
+        return bool(value)
+    return AUTO_LEAN_FORWARD.get(torch.device(device).type, False)
+
+
 def configure_training_forward(encoder: Any, config: Any, *, ddp_kwargs: Any,
                                world_size: int, device: Any = "cpu") -> None:
     """Apply the speed settings of ``config`` to ``encoder`` before Accelerate prepares it.
 
     Sets ``encoder.length_subbatches`` (:func:`resolve_length_subbatches` for ``device``) and
-    ``encoder.lean_forward``; sets ``ddp_kwargs.find_unused_parameters`` (the
+    ``encoder.lean_forward`` (:func:`resolve_lean_forward`); sets ``ddp_kwargs.find_unused_parameters`` (the
     ``DistributedDataParallelKwargs`` handed to the Accelerator, read when it wraps the model)
     from :func:`unused_parameters` when ``world_size`` > 1; compiles the backbone in place when
     ``config.compile``.
@@ -104,7 +119,8 @@ def configure_training_forward(encoder: Any, config: Any, *, ddp_kwargs: Any,
             raise ConfigError(f"--gradient-checkpointing: {first_line(err)}") from err
         encoder.lean_reason = lean_unsupported(encoder.backbone)
     # torch.compile wraps the backbone's forward, which the lean forward does not call
-    encoder.lean_forward = bool(config.lean_forward) and not config.compile
+    encoder.lean_forward = resolve_lean_forward(config.lean_forward, device) \
+        and not config.compile
     if encoder.lean_forward and encoder.lean_reason is not None:
         logger.info("lean training forward off: %s", encoder.lean_reason)
     if world_size > 1:
@@ -141,5 +157,6 @@ def check_dropout_views(encoder: Any, config: Any) -> None:
         f"forwards of {type(backbone).__name__} are identical ({settings}): {what}")
 
 
-__all__ = ["AUTO_LENGTH_SUBBATCHES", "check_dropout_views", "configure_training_forward", "resolve_length_subbatches",
+__all__ = ["AUTO_LEAN_FORWARD", "AUTO_LENGTH_SUBBATCHES", "check_dropout_views",
+           "configure_training_forward", "resolve_lean_forward", "resolve_length_subbatches",
            "unused_parameters"]

@@ -34,6 +34,7 @@ from csekit import distributed as D
 from csekit.data.triplets import open_training_corpus
 from csekit.errors import ConfigError, DataError
 from csekit.precision import configure_tf32
+from csekit.training.accel import build_accelerator
 from csekit.training.agreement import (
     agree_errors,
     agree_on_checkpoint,
@@ -56,13 +57,10 @@ from csekit.training.prefetch import Prefetcher
 from csekit.training.rng import get_rng_state, seed_dropout, seed_everything, set_rng_state
 from csekit.training.signals import StopSignal
 from csekit.training.speed import check_dropout_views, configure_training_forward
-from csekit.training.step import StepResult, UpdateStep
+from csekit.training.step import MAX_STEPS_UNREAD, StepResult, UpdateStep
 from csekit.training.supervised import record_mode
 
 logger = logging.getLogger(__name__)
-
-_MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-
 
 @dataclass
 class TrainResult:
@@ -83,7 +81,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         given = config
-        from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
         self.config = config = config.resolved()
@@ -91,28 +88,9 @@ class Trainer:
             raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
         # find_unused_parameters is decided in _build, before prepare() reads it (speed.py)
         self._ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=False)
-        kwargs = {
-            "mixed_precision": _MIXED[config.precision],
-            # Without a GPU, cpu=True lets Accelerate build a gloo group from torchrun's env.
-            "cpu": not torch.cuda.is_available(),
-            "kwargs_handlers": [self._ddp_kwargs],
-        }
-        try:
-            self.accelerator = Accelerator(**kwargs)
-        except ValueError:
-            # A second Trainer in the same single process with another precision (notebooks,
-            # tests): Accelerate's state is a process-wide singleton; reset it and retry.
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                raise
-            from accelerate.state import AcceleratorState
-
-            AcceleratorState._reset_state(reset_partial_state=True)
-            self.accelerator = Accelerator(**kwargs)
+        # (FSDP / DeepSpeed refused here, on every process: accel.py)
+        self.accelerator = build_accelerator(config.precision, [self._ddp_kwargs])
         self.world = self.accelerator.num_processes
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched != self.world:
-            raise ConfigError(f"launched as {launched} processes (WORLD_SIZE) but Accelerate "
-                              f"set up {self.world}; see docs/distributed.md")
         self.rank = self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
         config.validate(world_size=self.world)
@@ -134,7 +112,7 @@ class Trainer:
         from csekit.data.sources import resolve_sources
 
         resolve_sources(cfg.train_file or "")  # files, folders, globs (#13); DataError if none
-        if cfg.data_dir is not None:
+        if cfg.dev_eval:
             from csekit.evaluation import resolve_data_dir
 
             stsb = resolve_data_dir(cfg.data_dir) / "STS" / "STSBenchmark" / "sts-dev.csv"
@@ -297,7 +275,7 @@ class Trainer:
         cfg = self.config
         if not self.is_main:
             return None
-        if cfg.data_dir is None:
+        if not cfg.dev_eval:  # no dev evaluation: the best model is the last one
             self.keeper.save(self._unwrapped(), self.state, score=None)
         if cfg.data_dir is not None and cfg.final_test:
             return self.keeper.final_test(self.state)
@@ -310,29 +288,54 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step",
                    disable=not (self.is_main and cfg.progress) or bool(os.environ.get("CI")),
                    dynamic_ncols=True)
+        try:  # (closed before any error is printed: the error gets a line of its own)
+            self._run_steps(stop, metrics, result, bar)
+        finally:
+            bar.close()
+
+    def _run_steps(self, stop: StopSignal, metrics: MetricsLogger, result: TrainResult,
+                   bar: Any) -> None:
+        """The updates, with logging, dev evaluation, checkpoints and stopping.
+
+        The updates' losses and stats are read on the host at read points (every update on
+        the CPU; on a GPU every --logging-steps, at most every MAX_STEPS_UNREAD steps, and
+        before an evaluation or a checkpoint: :meth:`UpdateStep.read`)."""
+        cfg = self.config
         data = self._data = self._data_stream()
         self.stepper.stop, self.stepper.stop_agreed = stop, False
         self.model.train()
         t0, sent0 = time.perf_counter(), self.state.sentences_seen
         window: list[float] = []
         last_stats: dict[str, float] = {}
-        if cfg.data_dir is not None and cfg.eval_at_start and self.state.step == 0 \
+        read_every = min(cfg.logging_steps, MAX_STEPS_UNREAD)
+
+        def read() -> None:
+            nonlocal last_stats
+            for _step, loss, stats in self.stepper.read(self.state):
+                result.losses.append(loss)
+                window.append(loss)
+                last_stats = stats
+
+        if cfg.dev_eval and cfg.eval_at_start and self.state.step == 0 \
                 and not self.state.history:
             self._evaluate(metrics)
         while self.state.step < self.total_steps:
-            loss_value, stats, ok = self._step(data)
+            loss_value, _stats, ok = self._step(data)
             if loss_value is None:  # data exhausted
                 break
             if not ok:
                 continue
             self.state.step += 1
             step = self.state.step
-            result.losses.append(loss_value)
-            window.append(loss_value)
-            last_stats = stats
             bar.update(1)
             done = step >= self.total_steps
-            if step % cfg.logging_steps == 0 or done:
+            log_now = step % cfg.logging_steps == 0 or done
+            eval_now = cfg.dev_eval and (step % cfg.eval_steps == 0 or done)
+            save_now = step % cfg.save_steps == 0 or done
+            if (not self.stepper.deferred or log_now or eval_now or save_now
+                    or step % read_every == 0 or self._interrupted()):
+                read()  # a non-finite loss stops here, naming its step
+            if log_now and window:
                 elapsed = time.perf_counter() - t0
                 rate = (self.state.sentences_seen - sent0) / elapsed if elapsed > 0 else 0.0
                 lr = self.scheduler.get_last_lr()[0]
@@ -343,14 +346,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{lr:.2e}",
                                 sent_s=f"{rate:.0f}")
                 window.clear()
-            if cfg.data_dir is not None and (step % cfg.eval_steps == 0 or done):
+            if eval_now:
                 self._evaluate(metrics)
             interrupted = self._interrupted()
             early = (cfg.patience is not None
                      and self.state.evals_without_improvement >= cfg.patience)
             if early or done:
                 self.state.finished = True
-            if step % cfg.save_steps == 0 or interrupted or early or done:
+            if save_now or interrupted or early:
                 self._save_checkpoint()
             if interrupted:
                 result.stopped, result.exit_code = "interrupted", stop.exit_code or 130
@@ -362,7 +365,7 @@ class Trainer:
                             "evaluations (best %.2f at step %s)", step, cfg.patience,
                             self.state.best_score or float("nan"), self.state.best_step)
                 break
-        bar.close()
+        read()  # (updates left unread when the data ran out)
 
     def _unwrapped(self) -> Any:
         """The Encoder under Accelerate's wrappers."""
@@ -382,11 +385,21 @@ class Trainer:
         """
         return self.stepper.run(data, self.state)
 
+    def _dev_score(self) -> float:
+        """STS-B dev of the current model (rank 0; 0.0 elsewhere, replaced by the broadcast)."""
+        return self.keeper.evaluate_dev(self._unwrapped()) if self.is_main else 0.0
+
+    def _save_best(self, score: float) -> None:
+        if self.is_main:
+            self.keeper.save(self._unwrapped(), self.state, score=score)
+
     def _evaluate(self, metrics: MetricsLogger) -> None:
         data = getattr(self, "_data", None)
         if data is not None:
             data.drain()  # no background tokenising while evaluation uses the tokenizer
-        score = self.keeper.evaluate_dev(self._unwrapped()) if self.is_main else 0.0
+        # Rank 0 evaluates and saves; an error there (a NaN, a full disk) must stop every
+        # process with its line, not leave the others waiting in the broadcast (agree_errors).
+        score = agree_errors(self._dev_score)
         t = torch.tensor([score], dtype=torch.float64, device=self.accelerator.device)
         score = float(D.broadcast_(t).item())
         st = self.state
@@ -394,8 +407,7 @@ class Trainer:
         if improved:
             st.best_score, st.best_step = score, st.step
             st.evals_without_improvement = 0
-            if self.is_main:
-                self.keeper.save(self._unwrapped(), st, score=score)
+            agree_errors(self._save_best, score)
         else:
             st.evals_without_improvement += 1
         st.history.append({"step": st.step, "stsb_dev": score})

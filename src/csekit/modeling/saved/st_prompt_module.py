@@ -26,13 +26,32 @@ CONFIG_NAME = "csekit_prompt.json"
 _EXEMPT = ".?\"'"
 
 
-def _read_config(path: str) -> dict[str, Any]:
+_HUB_KEYS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
+
+
+def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The download settings sentence-transformers loaded the model with (revision, token,
+    cache folder, local_files_only, subfolder): it hands them to a Transformer module inside
+    ``config_kwargs`` / ``model_kwargs`` (``config_args`` / ``model_args`` before v5)."""
+    for key in ("config_kwargs", "model_kwargs", "config_args", "model_args"):
+        given = kwargs.get(key)
+        if isinstance(given, dict):
+            return {k: given[k] for k in _HUB_KEYS if given.get(k) not in (None, "")}
+    return {}
+
+
+def _read_config(path: str, hub: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``csekit_prompt.json`` of the model at ``path``: from the folder, or downloaded from the
+    same revision (and cache, token, ...) as the model's weights."""
+    hub = dict(hub or {})
+    subfolder = hub.pop("subfolder", "") or ""
     if os.path.isdir(path):
-        with open(os.path.join(path, CONFIG_NAME), encoding="utf-8") as f:
+        with open(os.path.join(path, subfolder, CONFIG_NAME), encoding="utf-8") as f:
             return json.load(f)
     from huggingface_hub import hf_hub_download  # a hub id
 
-    with open(hf_hub_download(path, CONFIG_NAME), encoding="utf-8") as f:
+    with open(hf_hub_download(path, CONFIG_NAME, subfolder=subfolder or None, **hub),
+              encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -42,7 +61,7 @@ class CsekitPromptTransformer(Transformer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         source = kwargs.get("model_name_or_path", args[0] if args else None)
-        self.prompt_config = _read_config(str(source))
+        self.prompt_config = _read_config(str(source), _hub_kwargs(kwargs))
 
     def _sentence_text(self, s: str) -> str:
         c = self.prompt_config

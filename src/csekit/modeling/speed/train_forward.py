@@ -52,9 +52,8 @@ LEAN_MODEL_TYPES: tuple[str, ...] = ("bert", "roberta")
 _EMBEDDINGS = {"bert": "BertEmbeddings", "roberta": "RobertaEmbeddings"}
 
 
-def bernoulli_keep_noise(shape: torch.Size | tuple[int, ...], keep: float,
-                         dtype: torch.dtype) -> torch.Tensor:
-    """Dropout noise on the CPU: i.i.d. ``1 / keep`` with probability ``keep``, else 0.
+def bernoulli_keep_mask(shape: torch.Size | tuple[int, ...], keep: float) -> torch.Tensor:
+    """An i.i.d. CPU keep mask: True with probability ``keep`` (within 2.4e-10), else False.
 
     torch draws a CPU Bernoulli mask one element at a time from its mt19937 generator (about
     12 ms for a (128, 32, 384) tensor on this 2-core VM, 9% of a MiniLM training step). Here one
@@ -64,22 +63,42 @@ def bernoulli_keep_noise(shape: torch.Size | tuple[int, ...], keep: float,
     probability ceil(keep * 2^32) / 2^32, within 2.4e-10 of ``keep`` (torch's own float32 draw
     on CUDA is within 6e-8), independently of every other. About 5x faster.
 
-    Shape: -> ``shape``.
+    Shape: -> ``shape`` (bool).
     """
     n = math.prod(shape)
     seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64).item())
     words = np.random.SFC64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
     mask = torch.from_numpy(words < np.uint32(min(math.ceil(keep * 2.0**32), 2**32 - 1)))
-    return mask.view(shape).to(dtype).mul_(1.0 / keep)
+    return mask.view(shape)
+
+
+def bernoulli_keep_noise(shape: torch.Size | tuple[int, ...], keep: float,
+                         dtype: torch.dtype) -> torch.Tensor:
+    """Dropout noise on the CPU: i.i.d. ``1 / keep`` with probability ``keep``, else 0
+    (:func:`bernoulli_keep_mask`). In bf16 / fp16, ``1 / keep`` itself is rounded (bf16(1/0.9)
+    is 1.109375): :func:`dropout` does not use this noise for those dtypes.
+
+    Shape: -> ``shape``.
+    """
+    return bernoulli_keep_mask(shape, keep).to(dtype).mul_(1.0 / keep)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``F.dropout(x, p, training)``, with :func:`bernoulli_keep_noise` for CPU tensors."""
+    """``F.dropout(x, p, training)``, with :func:`bernoulli_keep_mask` for CPU tensors.
+
+    fp32 / fp64: ``x * noise`` (:func:`bernoulli_keep_noise`). Reduced precision (bf16 / fp16,
+    CPU autocast): ``(x * mask) * (1 / keep)``, the scale a Python float, so that torch
+    multiplies in fp32 and rounds once, as transformers' ``nn.Dropout`` does; a bf16 noise of
+    1.109375 instead of 1.1111 would shrink every kept value by 0.16% at every dropout site.
+    """
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or not 0.0 < p < 1.0:
         return F.dropout(x, p, training)
-    return x * bernoulli_keep_noise(x.shape, 1.0 - p, x.dtype)
+    keep = 1.0 - p
+    if x.dtype in (torch.float32, torch.float64):
+        return x * bernoulli_keep_noise(x.shape, keep, x.dtype)
+    return (x * bernoulli_keep_mask(x.shape, keep).to(x.dtype)) * (1.0 / keep)
 
 
 def lean_unsupported(backbone: nn.Module) -> str | None:
@@ -227,4 +246,5 @@ def lean_last_hidden(backbone: nn.Module, input_ids: torch.Tensor,
     return x
 
 
-__all__ = ["LEAN_MODEL_TYPES", "lean_last_hidden", "lean_unsupported"]
+__all__ = ["LEAN_MODEL_TYPES", "bernoulli_keep_mask", "bernoulli_keep_noise", "dropout",
+           "lean_last_hidden", "lean_unsupported"]
