@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     mp = plan(anchors, positives, extra)
     settings.resolve_range_max(max(len(x) for x in mp.positives), len(mp.pool))
     start = time.perf_counter()
-    emb = cached_embeddings(mp.texts, side.identity, side.encode)
+    emb = cached_embeddings(mp.texts, side.identity, side.encode,
+                                prepare=side.encoder)
     ann = None
     if args.faiss:
         from csekit.retrieval.ann import IVFIndex

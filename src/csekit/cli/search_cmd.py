@@ -65,11 +65,12 @@ def run(args: argparse.Namespace) -> int:
                           "sentences)")
     if args.index:
         emb, built = folder_embeddings(args.index, texts, side.identity, side.encode,
-                                       rebuild=args.rebuild)
+                                       rebuild=args.rebuild, prepare=side.encoder)
         if built:
             print(f"index built in {args.index} ({len(texts)} sentences)", file=sys.stderr)
     else:
-        emb = cached_embeddings(texts, side.identity, side.encode)
+        emb = cached_embeddings(texts, side.identity, side.encode,
+                                prepare=side.encoder)
 
     def answer(queries: list[str]) -> None:
         q = np.asarray(side.encode(queries), dtype=np.float32)

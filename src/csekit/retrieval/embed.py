@@ -77,13 +77,17 @@ def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def encode_into(path: Path, texts: Sequence[str], encode: Callable[[list[str]], Any], *,
-                chunk: int = 8192, progress: bool = True) -> tuple[int, int]:
-    """Stream ``encode(chunk_of_texts) -> (n, d)`` into the .npy ``path`` (L2-normalised),
+                chunk: int = 8192, progress: bool = True,
+                prepare: Callable[[], Any] | None = None) -> tuple[int, int]:
+    """``prepare()`` first (loading the model: its error comes before any progress bar), then
+    stream ``encode(chunk_of_texts) -> (n, d)`` into the .npy ``path`` (L2-normalised),
     re-mapping after every chunk so memory stays bounded by one chunk."""
     from tqdm.auto import tqdm
 
     from csekit.data.memory import trim_heap
 
+    if prepare is not None:
+        prepare()
     mm = None
     n = len(texts)
     d = 0
@@ -115,7 +119,8 @@ def encode_into(path: Path, texts: Sequence[str], encode: Callable[[list[str]], 
 
 def cached_embeddings(texts: Sequence[str], identity: dict[str, Any],
                       encode: Callable[[list[str]], Any], *, chunk: int = 8192,
-                      progress: bool = True) -> np.ndarray:
+                      progress: bool = True, prepare: Callable[[], Any] | None = None,
+                      ) -> np.ndarray:
     """The (len(texts), d) normalised embeddings, memory-mapped from csekit's cache; computed
     with ``encode`` on the first use only."""
     from csekit.data.index_cache import get_or_build
@@ -128,7 +133,8 @@ def cached_embeddings(texts: Sequence[str], identity: dict[str, Any],
     def build(tmp: Path) -> dict[str, Any]:
         logger.info("embedding %d texts with %s (cached for the next use)", len(texts),
                     identity["model"])
-        n, d = encode_into(tmp / EMBEDDINGS_FILE, texts, encode, chunk=chunk, progress=progress)
+        n, d = encode_into(tmp / EMBEDDINGS_FILE, texts, encode, chunk=chunk, progress=progress,
+                           prepare=prepare)
         return {"kind": INDEX_KIND, "n": n, "d": d}
 
     folder, _ = get_or_build(description, build)
@@ -137,7 +143,8 @@ def cached_embeddings(texts: Sequence[str], identity: dict[str, Any],
 
 def folder_embeddings(folder: Path, texts: Sequence[str], identity: dict[str, Any],
                       encode: Callable[[list[str]], Any], *, rebuild: bool = False,
-                      chunk: int = 8192, progress: bool = True) -> tuple[np.ndarray, bool]:
+                      chunk: int = 8192, progress: bool = True,
+                      prepare: Callable[[], Any] | None = None) -> tuple[np.ndarray, bool]:
     """Embeddings kept in a folder the user named: ``(array, built_now)``. An index there built
     by another model (or for other texts) is a ConfigError unless ``rebuild``; a folder that
     holds other things than a csekit index is never written into."""
@@ -179,7 +186,7 @@ def folder_embeddings(folder: Path, texts: Sequence[str], identity: dict[str, An
     name = f"embeddings-{key[:16]}.npy"
     tmp = folder / (temp_name(name) + ".npy")
     try:
-        n, d = encode_into(tmp, texts, encode, chunk=chunk, progress=progress)
+        n, d = encode_into(tmp, texts, encode, chunk=chunk, progress=progress, prepare=prepare)
         os.replace(tmp, folder / name)
     except BaseException:
         tmp.unlink(missing_ok=True)
