@@ -262,7 +262,7 @@ def test_train_on_mined_triplets(tiny_bert_dir: Path, tmp_path: Path, objective:
         "model": str(tiny_bert_dir), "train_file": str(out), "output_dir": str(tmp_path / "r"),
         "batch_size": 16, "learning_rate": 1e-3, "max_steps": 2, "eval_steps": 100,
         "logging_steps": 1, "progress": False, "pooler": "avg", "mlp": "none", "seed": 7,
-        "objective": objective})
+        "objective": objective, **({"n_clusters": 4} if "clusterns" in objective else {})})
     res = Trainer(cfg).train()
     assert res.steps == 2 and all(np.isfinite(res.losses))
     saved = (tmp_path / "r" / "config.yaml").read_text()
