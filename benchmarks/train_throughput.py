@@ -28,8 +28,11 @@ weight decay 0, and the same sentences (a seeded sample of ``batch * (warmup + s
 of the wiki corpus, i.e. exactly one epoch each; the orders differ, so the padded tokens per
 batch are recorded). Both use torch's fused AdamW.
 
-Configurations: ``st-mnrl`` (the peer), ``simcse``, ``focal``, ``clusterns``,
-``clusterns-focal`` (csekit with its defaults), and csekit variants for ablations:
+Configurations: ``st-mnrl`` (the peer: mean pooling, no head), ``simcse``, ``focal``,
+``clusterns``, ``clusterns-focal`` (csekit with its defaults: [CLS] pooler + the train-only MLP
+head, SimCSE's recipe), ``simcse-mean`` (csekit SimCSE with mean pooling and no head, the
+peer's own model: its last layer cannot be trimmed to [CLS], see docs/training_speed.md), and
+csekit variants for ablations:
 ``simcse-hf`` (transformers' forward, one padded batch: csekit before issue #17's forward
 changes), ``simcse-subbatch`` (transformers' forward, 4 length-sorted sub-batches),
 ``simcse-lean1`` (the lean forward, one padded batch), ``simcse-lean-sub`` (the lean forward
