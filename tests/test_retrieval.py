@@ -43,8 +43,8 @@ def test_exact_equals_numpy_with_ties(qc: int, cc: int, k: int) -> None:
 def test_k_larger_than_chunk_and_corpus() -> None:
     q, c = tie_vectors(9, 4, 3), tie_vectors(30, 4, 4)
     s, i = exact_topk(q, c, 25, query_chunk=4, corpus_chunk=8)
-    assert (i == oracle(q, c, 25)[1]).all()
-    s, i = exact_topk(q, c, 100, corpus_chunk=8)   # k > corpus: the whole corpus, ranked
+    assert (i == oracle(q, c, 25)[1]).all() and (s == oracle(q, c, 25)[0]).all()
+    _, i = exact_topk(q, c, 100, corpus_chunk=8)   # k > corpus: the whole corpus, ranked
     assert i.shape == (9, 30) and (i == oracle(q, c, 100)[1]).all()
 
 
@@ -65,7 +65,7 @@ def test_memmap_input_read_from_the_file(tmp_path) -> None:
     assert (read_rows(mm, 10, 20) == c[10:20]).all()
     view = mm[30:]                      # a slice of the mapping: the right rows too
     assert (read_rows(view, 5, 9) == c[35:39]).all()
-    s, i = exact_topk(mm[:7], mm, 6, query_chunk=3, corpus_chunk=11)
+    _, i = exact_topk(mm[:7], mm, 6, query_chunk=3, corpus_chunk=11)
     assert (i == oracle(c[:7], c, 6)[1]).all()
 
 

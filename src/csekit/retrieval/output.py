@@ -23,16 +23,21 @@ def check_output(path: Path) -> None:
 
 
 def write_table(path: Path, columns: list[str], batches: Iterable[dict[str, list]]) -> int:
-    """Write the column batches to ``path``; returns the number of rows."""
-    import pyarrow as pa
-
+    """Write the column batches to ``path``; returns the number of rows. JSON Lines needs
+    nothing; Parquet and CSV / TSV need pyarrow (the ``parquet`` extra)."""
     check_output(path)
+    if path.suffix != ".jsonl":
+        try:
+            import pyarrow as pa
+        except ImportError as err:
+            raise ConfigError(f"--output {path}: writing {path.suffix} needs pyarrow (pip "
+                              "install 'csekit[parquet]'); .jsonl needs nothing") from err
+        types = {c: pa.string() if c not in ("pos_score", "neg_score") else pa.float32()
+                 for c in columns}
+        schema = pa.schema([(c, types[c]) for c in columns])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(temp_name(path.name))
     n = 0
-    types = {c: pa.string() if c not in ("pos_score", "neg_score") else pa.float32()
-             for c in columns}
-    schema = pa.schema([(c, types[c]) for c in columns])
     try:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
