@@ -358,3 +358,53 @@ def test_cli_matches_the_peer_on_a_real_model(tmp_path: Path, wiki_corpus: Path)
     assert len(got) > 250 and len(differ) <= 0.01 * len(set(got) | set(theirs)), [
         (sents.index(a), [sents.index(x) for x in got.get(a, [])],
          [sents.index(x) for x in theirs.get(a, [])]) for a in differ[:3]]
+
+
+def test_faiss_exhaustive_equals_exact() -> None:
+    """With every list probed, IVF-Flat is exhaustive: the same negatives as the exact engine."""
+    pytest.importorskip("faiss")
+    from csekit.retrieval.ann import IVFIndex
+
+    vecs = _vectors(400, d=16, seed=3)
+    texts = list(vecs)
+    p = plan(texts, texts)
+    emb = np.stack([vecs[t] for t in p.texts])
+    kw = {"num_negatives": 3, "range_min": 2, "range_max": 20, "relative_margin": 0.3}
+    exact = mine(p, emb, MineSettings(**kw))
+    ann = IVFIndex.build(emb, nlist=8, nprobe=8)
+    assert ann.recall == 1.0
+    approx = mine(p, emb, MineSettings(**kw), ann=ann)
+    assert (approx.negatives == exact.negatives).all()
+    few = IVFIndex.build(emb, nlist=8, nprobe=1)   # one list of 8: recall measured below 1
+    assert few.recall is not None and few.recall < 1.0
+
+
+def test_search_interactive_and_cache_follows_the_weights(tiny_bert_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    import io
+    import logging
+    import os
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    c = _corpus(tmp_path / "c.txt")
+    lines = c.read_text().splitlines()
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{lines[5]}\n\n{lines[7]}\n"))
+    with caplog.at_level(logging.INFO, logger="csekit"):
+        assert main(["search", str(model), "--corpus", str(c), "--interactive",
+                     "--top-k", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"query: {lines[5]}" and out[2] == f"query: {lines[7]}"
+    assert out[1].split(None, 2)[2] == lines[5] and out[3].split(None, 2)[2] == lines[7]
+    assert "embedding 70 texts" in caplog.text
+    weights = next(model.glob("*.safetensors"))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # "new weights"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="csekit"):
+        assert main(["search", str(model), "--corpus", str(c), "x"]) == 0
+    assert "embedding 70 texts" in caplog.text                      # re-embedded
