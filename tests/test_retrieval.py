@@ -113,3 +113,17 @@ def test_recall_at_k_definition() -> None:
 
     assert recall_at_k(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[3, 2, 9], [7, 8, 9]])) == \
         pytest.approx(2 / 6)
+
+
+@pytest.mark.parametrize("block", [1, 7, 16, 64, 1000])
+@pytest.mark.parametrize("k", [1, 9, 30])
+def test_self_join_equals_numpy_with_ties(block: int, k: int) -> None:
+    from csekit.retrieval.exact import iter_topk_self
+
+    x = tie_vectors(101, 5, 8)
+    parts = list(iter_topk_self(x, k, block=block))
+    assert [a for a, _, _ in parts] == list(range(0, 101, block))
+    s = np.concatenate([p[1] for p in parts])
+    i = np.concatenate([p[2] for p in parts])
+    os_, oi = oracle(x, x, k)
+    assert (i == oi).all() and (s == os_).all()

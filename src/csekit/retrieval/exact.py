@@ -26,6 +26,7 @@ from csekit.errors import ConfigError
 
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_CORPUS_CHUNK = 16384
+DEFAULT_SELF_BLOCK = 4096
 
 
 def num_rows(x: Any) -> int:
@@ -81,9 +82,15 @@ def chunk_topk(sim: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor, to
     shifted by ``offset``. Exact with ties: rows whose k-th score is shared beyond the
     selection are re-ranked with a stable sort."""
     k = min(k, sim.shape[1])
-    vals, cols = torch.topk(sim, k, dim=1, sorted=True)
-    kth = vals[:, -1:]
-    ambiguous = (sim == kth).sum(1) > (vals == kth).sum(1)
+    if k == sim.shape[1]:  # the whole chunk: only the order is to be fixed
+        vals, cols = sim, torch.arange(k, device=sim.device).expand(sim.shape[0], k)
+        vals, cols = _order(vals, cols)
+        return vals, cols + offset
+    # one more than needed: the k-th and (k+1)-th equal is exactly when topk's choice among
+    # the tied entries at the boundary matters
+    vals, cols = torch.topk(sim, k + 1, dim=1, sorted=True)
+    ambiguous = vals[:, k] == vals[:, k - 1]
+    vals, cols = vals[:, :k].contiguous(), cols[:, :k].contiguous()
     if bool(ambiguous.any()):
         rows = ambiguous.nonzero(as_tuple=True)[0]
         full = torch.sort(sim[rows], dim=1, descending=True, stable=True)
@@ -137,6 +144,42 @@ def iter_topk(queries: Any, corpus: Any, k: int, *, query_chunk: int = DEFAULT_Q
             yield qa, best[0].cpu().numpy(), best[1].cpu().numpy().astype(np.int64)
 
 
+def iter_topk_self(x: Any, k: int, *, block: int = DEFAULT_SELF_BLOCK,
+                   device: str | torch.device = "cpu",
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """:func:`iter_topk` of ``x`` against itself with half the products: the score matrix is
+    symmetric, so each block pair (i, j), i <= j, is computed once and serves block i's
+    queries (columns of block j) and block j's (its transpose). Every query block still sees
+    the column blocks in increasing order, so the order (ties to the lower index) is the
+    same. Memory: the running best k of the blocks not finished yet (up to ``len(x) x k``
+    scores and indices) plus two blocks and their ``block x block`` scores."""
+    check_chunks(k, block, block)
+    n = num_rows(x)
+    if n == 0:
+        raise ConfigError("the corpus has no vectors")
+    k = min(k, n)
+    dev = torch.device(device)
+    nb = -(-n // block)
+    best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * nb
+
+    def load(b: int) -> torch.Tensor:
+        return _as_tensor(read_rows(x, b * block, min(n, (b + 1) * block)), dev)
+
+    with torch.inference_mode():
+        for i in range(nb):
+            xi = load(i)
+            for j in range(i, nb):
+                xj = xi if j == i else load(j)
+                sim = xi @ xj.T
+                best[i] = _merge(best[i], chunk_topk(sim, k, j * block), k)
+                if j != i:
+                    best[j] = _merge(best[j], chunk_topk(sim.T, k, i * block), k)
+            done = best[i]
+            best[i] = None
+            assert done is not None
+            yield i * block, done[0].cpu().numpy(), done[1].cpu().numpy().astype(np.int64)
+
+
 def exact_topk(queries: Any, corpus: Any, k: int, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
     """All queries at once: ``(scores (nq, k'), indices (nq, k'))`` (see :func:`iter_topk`)."""
     parts = list(iter_topk(queries, corpus, k, **kw))
@@ -146,5 +189,5 @@ def exact_topk(queries: Any, corpus: Any, k: int, **kw: Any) -> tuple[np.ndarray
     return (np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]))
 
 
-__all__ = ["DEFAULT_CORPUS_CHUNK", "DEFAULT_QUERY_CHUNK", "chunk_topk", "exact_topk",
-           "iter_topk", "read_rows"]
+__all__ = ["DEFAULT_CORPUS_CHUNK", "DEFAULT_QUERY_CHUNK", "DEFAULT_SELF_BLOCK", "chunk_topk",
+           "exact_topk", "iter_topk", "iter_topk_self", "read_rows"]
