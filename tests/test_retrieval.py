@@ -46,6 +46,8 @@ def test_k_larger_than_chunk_and_corpus() -> None:
     assert (i == oracle(q, c, 25)[1]).all() and (s == oracle(q, c, 25)[0]).all()
     _, i = exact_topk(q, c, 100, corpus_chunk=8)   # k > corpus: the whole corpus, ranked
     assert i.shape == (9, 30) and (i == oracle(q, c, 100)[1]).all()
+    _, i = exact_topk(q, c, 100)                   # ... in one chunk
+    assert (i == oracle(q, c, 100)[1]).all()
 
 
 def test_random_floats_match_numpy() -> None:
