@@ -24,18 +24,26 @@ Order among equal scores: lower candidate index first (the engine's order).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from csekit.errors import ConfigError
-from csekit.retrieval.exact import DEFAULT_CORPUS_CHUNK, DEFAULT_QUERY_CHUNK, iter_topk
+from csekit.retrieval.exact import (
+    DEFAULT_CORPUS_CHUNK,
+    DEFAULT_QUERY_CHUNK,
+    DEFAULT_SELF_BLOCK,
+    iter_topk,
+    iter_topk_self,
+)
 
 logger = logging.getLogger(__name__)
 
 SAMPLING = ("top", "random")
+# the self-join keeps every unfinished anchor's running top-k: at most this many bytes of it
+SELF_JOIN_BYTES = 2 << 30
 
 
 @dataclass
@@ -153,12 +161,41 @@ def _rows(emb: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(emb[rows], dtype=np.float32)
 
 
+def _candidates(p: MinePlan, emb: Any, pool_emb: Any, cand: int, query_chunk: int,
+                corpus_chunk: int, device: str, ann: Any, self_join_bytes: int,
+                self_block: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(first query, end, query vectors, scores, pool indices) per chunk of queries."""
+    n_pool, nq = len(p.pool), len(p.queries)
+    if (ann is None and nq == n_pool and not p.extra
+            and np.array_equal(p.query_row, np.arange(nq))
+            and nq * cand * 12 <= self_join_bytes):
+        # the queries are the pool, in order: the symmetric self-join (half the products)
+        for qa, scores, idx in iter_topk_self(pool_emb, cand, block=self_block,
+                                              device=device):
+            qb = qa + len(scores)
+            yield qa, qb, _rows(emb, p.query_row[qa:qb]), scores, idx
+        return
+    for qa in range(0, nq, query_chunk):
+        qb = min(nq, qa + query_chunk)
+        q = _rows(emb, p.query_row[qa:qb])
+        if ann is not None:
+            scores, idx = ann.search(q, cand)
+        else:
+            _, scores, idx = next(iter_topk(q, pool_emb, cand, query_chunk=len(q),
+                                            corpus_chunk=corpus_chunk, device=device))
+        yield qa, qb, q, scores, idx
+
+
 def mine(p: MinePlan, emb: Any, settings: MineSettings, *, query_chunk: int = DEFAULT_QUERY_CHUNK,
          corpus_chunk: int = DEFAULT_CORPUS_CHUNK, device: str = "cpu", ann: Any = None,
+         self_join_bytes: int = SELF_JOIN_BYTES, self_block: int = DEFAULT_SELF_BLOCK,
          ) -> MineResult:
     """Negatives for every query of ``p``. ``emb`` holds the normalised embeddings of
     ``p.texts`` (rows, e.g. memory-mapped); ``ann``: an :class:`~csekit.retrieval.ann.IVFIndex`
-    over the pool to search instead of the exact engine."""
+    over the pool to search instead of the exact engine. When the anchors are the candidates
+    (a plain corpus) and their running top-k fits ``self_join_bytes``, the exact search is
+    the symmetric self-join (:func:`~csekit.retrieval.exact.iter_topk_self`); otherwise
+    memory is bounded by the query and corpus chunks alone."""
     settings.check()
     n_pool = len(p.pool)
     max_pos = max(len(x) for x in p.positives)
@@ -171,14 +208,9 @@ def mine(p: MinePlan, emb: Any, settings: MineSettings, *, query_chunk: int = DE
     removed = {"absolute_margin": 0, "relative_margin": 0, "max_score": 0, "min_score": 0}
     rng = np.random.default_rng(settings.seed)
     pool_emb = emb[:n_pool] if n_pool < emb.shape[0] else emb
-    for qa in range(0, nq, query_chunk):
-        qb = min(nq, qa + query_chunk)
-        q = _rows(emb, p.query_row[qa:qb])
-        if ann is not None:
-            scores, idx = ann.search(q, cand)
-        else:
-            _, scores, idx = next(iter_topk(q, pool_emb, cand, query_chunk=len(q),
-                                            corpus_chunk=corpus_chunk, device=device))
+    for qa, qb, q, scores, idx in _candidates(p, emb, pool_emb, cand, query_chunk,
+                                              corpus_chunk, device, ann, self_join_bytes,
+                                              self_block):
         # positive scores: the lowest cosine of the anchor to one of its positives
         flat = [(i, j) for i in range(qb - qa) for j in p.positives[qa + i]]
         prow = np.array([i for i, _ in flat])
