@@ -65,7 +65,11 @@ def read_rows(x: Any, a: int, b: int) -> np.ndarray | torch.Tensor:
 
 
 def _as_tensor(rows: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    t = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.array(rows, copy=False))
+    if isinstance(rows, torch.Tensor):
+        t = rows
+    else:
+        arr = np.asarray(rows)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     return t.to(device=device, dtype=torch.float32)
 
 
