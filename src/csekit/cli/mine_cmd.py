@@ -177,6 +177,12 @@ def run(args: argparse.Namespace) -> int:
         max_score=args.max_score, min_score=args.min_score, sampling=args.sampling,
         seed=args.seed)
     settings.check()
+    if args.nprobe != "auto" and not args.nprobe.isdigit():
+        raise ConfigError(f"--nprobe must be 'auto' or a positive integer, got {args.nprobe!r}")
+    if args.faiss:
+        from csekit.retrieval.ann import import_faiss
+
+        import_faiss()  # not installed: one line before any work
     side = ModelSide(args)
     anchors, positives, unsup = _read_input(args)
     extra = read_sentences(args.corpus, None, args.on_bad_line) if args.corpus else None
