@@ -411,3 +411,24 @@ def test_search_interactive_and_cache_follows_the_weights(tiny_bert_dir: Path, t
     with caplog.at_level(logging.INFO, logger="csekit"):
         assert main(["search", str(model), "--corpus", str(c), "x"]) == 0
     assert "embedding 70 texts" in caplog.text                      # re-embedded
+
+
+@pytest.mark.slow
+def test_mine_speed_benchmark_runs(tiny_bert_dir: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/mine_speed.py end to end on 300 sentences and a tiny model: both sides in
+    their own processes, the same negatives (the check the benchmark itself makes)."""
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    spec = importlib.util.spec_from_file_location("mine_speed", root / "benchmarks" /
+                                                  "mine_speed.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--sizes", "300", "--no-write", "--model", str(tiny_bert_dir),
+                     "--work-dir", str(tmp_path), "--range-min", "2", "--range-max", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "| 300 |" in out and "(100.00%)" in out
