@@ -225,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
     secs = time.perf_counter() - start
     print(f"{out}: {n} rows (sent0,sent1,hard_neg{',scores' if args.scores else ''}) from "
           f"{len(anchors)} {'sentences' if unsup else 'pairs'}, {len(mp.queries)} distinct "
-          f"anchors, {len(mp.pool)} candidates, range-max {res.range_max}; {secs:.1f}s")
+          f"anchors, {len(mp.pool)} candidates, range-max {res.range_max}, {res.search} "
+          f"search; {secs:.1f}s")
     removed = ", ".join(f"{v} by {k.replace('_', '-')}" for k, v in res.removed.items() if v)
     if removed:
         print(f"candidates removed: {removed}")

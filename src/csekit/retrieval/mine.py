@@ -151,6 +151,7 @@ class MineResult:
     pos_scores: np.ndarray     # (n_queries,) the positive score each filter compared with
     range_max: int
     removed: dict[str, int]    # candidates dropped by each filter
+    search: str = "exact"      # exact (chunked queries) | exact self-join | faiss
 
 
 def _rows(emb: Any, rows: np.ndarray) -> np.ndarray:
@@ -161,14 +162,18 @@ def _rows(emb: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(emb[rows], dtype=np.float32)
 
 
+def _self_join(p: MinePlan, cand: int, ann: Any, self_join_bytes: int) -> bool:
+    nq = len(p.queries)
+    return (ann is None and nq == len(p.pool) and not p.extra
+            and np.array_equal(p.query_row, np.arange(nq)) and nq * cand * 12 <= self_join_bytes)
+
+
 def _candidates(p: MinePlan, emb: Any, pool_emb: Any, cand: int, query_chunk: int,
                 corpus_chunk: int, device: str, ann: Any, self_join_bytes: int,
                 self_block: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
     """(first query, end, query vectors, scores, pool indices) per chunk of queries."""
-    n_pool, nq = len(p.pool), len(p.queries)
-    if (ann is None and nq == n_pool and not p.extra
-            and np.array_equal(p.query_row, np.arange(nq))
-            and nq * cand * 12 <= self_join_bytes):
+    nq = len(p.queries)
+    if _self_join(p, cand, ann, self_join_bytes):
         # the queries are the pool, in order: the symmetric self-join (half the products)
         for qa, scores, idx in iter_topk_self(pool_emb, cand, block=self_block,
                                               device=device):
@@ -245,8 +250,10 @@ def mine(p: MinePlan, emb: Any, settings: MineSettings, *, query_chunk: int = DE
             keep = keep[:nn]
             neg[qa + i, :len(keep)] = idx[i, keep]
             neg_s[qa + i, :len(keep)] = s[i, keep]
+    search = ("faiss" if ann is not None else "exact self-join"
+              if _self_join(p, cand, ann, self_join_bytes) else "exact")
     return MineResult(negatives=neg, neg_scores=neg_s, pos_scores=pos_all, range_max=rmax,
-                      removed=removed)
+                      removed=removed, search=search)
 
 
 __all__ = ["SAMPLING", "MinePlan", "MineResult", "MineSettings", "mine", "plan"]
