@@ -11,19 +11,17 @@ single process on the whole batch, over a SimCSE step and a clustering step of C
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_distributed_train import _free_port
+from _gloo import close_gloo, init_gloo, rendezvous_file
 
 pytest.importorskip("sentence_transformers")
 
@@ -73,15 +71,13 @@ def _run(rank: int, world: int, folder: str) -> dict[str, list[torch.Tensor]]:
     return rec
 
 
-def _worker(rank: int, world: int, port: int, folder: str, out_dir: str) -> None:
-    os.environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
+def _worker(rank: int, world: int, rendezvous: str, folder: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                             world_size=world)
+    init_gloo(rank, world, rendezvous)
     try:
         torch.save(_run(rank, world, folder), Path(out_dir) / f"rank{rank}.pt")
     finally:
-        tdist.destroy_process_group()
+        close_gloo()
 
 
 @pytest.mark.slow  # two spawned processes importing sentence-transformers: minutes when loaded
@@ -90,7 +86,8 @@ def test_ddp_equals_single_process(tiny_bert_dir: Path, tmp_path: Path) -> None:
 
     folder = tmp_path / "model"
     Encoder.from_pretrained(str(tiny_bert_dir), pooler="cls_before_pooler", mlp="none").save(folder)
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(folder), str(tmp_path)), nprocs=WORLD,
+    mp.spawn(_worker, args=(WORLD, rendezvous_file(tmp_path), str(folder), str(tmp_path)),
+             nprocs=WORLD,
              join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     # the single-process reference uses rank 0's head init (the one that is broadcast)
