@@ -124,6 +124,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     max_grad_norm: float | None = 1.0  # the HF Trainer default SimCSE ran with; None/0: off
     grad_accum_steps: int = 1
+    mini_batch_size: int | None = None  # gradient caching (docs/gradient_caching.md); None: off
     precision: str = "fp32"
     epochs: int = 1
     max_steps: int | None = None  # overrides epochs when set
@@ -302,6 +303,7 @@ class TrainConfig:
         (cheap: no model); only options that combine several settings are checked here.
         """
         from csekit.objectives import build_objective
+        from csekit.training.gradcache import check_mini_batch_size
 
         _choice("objective", self.objective, OBJECTIVES)
         cfg = self.resolved()
@@ -363,6 +365,7 @@ class TrainConfig:
         if cfg.batch_size % world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
                               f"{world_size} processes; pick a multiple of {world_size}")
+        check_mini_batch_size(cfg.mini_batch_size, cfg.batch_size, world_size)
         build_objective(cfg.objective, **cfg.objective_hparams())  # the objective's own checks
         cfg.prompt_config()  # the template syntax and prompt options
         cfg.lora_settings()  # rank, alpha, dropout
