@@ -43,8 +43,9 @@ B = 12  # examples per batch
 
 
 def _sentences(n: int, seed: int) -> list[str]:
-    words = ("the a cat dog sat ran on under mat tree quickly slowly red blue big small house "
-             "river walked jumped over bright night morning").split()
+    words = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "tree", "quickly",
+             "slowly", "red", "blue", "big", "small", "house", "river", "walked", "jumped",
+             "over", "bright", "night", "morning"]
     g = torch.Generator().manual_seed(seed)
     return [" ".join(words[int(i)] for i in torch.randint(0, len(words), (int(k),), generator=g))
             for k in torch.randint(3, 14, (n,), generator=g)]
@@ -82,10 +83,10 @@ class _Accel:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def no_sync(self, model):  # noqa: ANN001
+    def no_sync(self, model):
         return contextlib.nullcontext()
 
-    def clip_grad_norm_(self, params, norm):  # noqa: ANN001
+    def clip_grad_norm_(self, params, norm):
         return torch.nn.utils.clip_grad_norm_(params, norm)
 
 
@@ -104,7 +105,7 @@ def _inputs(enc: Encoder, mode: str, seed: int) -> dict[str, torch.Tensor]:
     return tokenize_batch(enc.tokenizer, _examples(mode, seed), mode, 32, prompt=enc.prompt)
 
 
-def _run(enc, objective, mode, mini, tmp, batches):  # noqa: ANN001, ANN202
+def _run(enc, objective, mode, mini, tmp, batches):
     step = _stepper(enc, objective, mode, mini, tmp)
     state = TrainerState()
     losses = []
@@ -151,7 +152,7 @@ class _Recorder(torch.nn.Module):
         self.enc = enc
         self.calls: list[tuple[bool, torch.Tensor]] = []
 
-    def forward(self, **inputs):  # noqa: ANN003, ANN201
+    def forward(self, **inputs):
         z = self.enc(**inputs)
         self.calls.append((torch.is_grad_enabled(), z.detach().clone()))
         return z
