@@ -51,8 +51,9 @@ def parameters(model: str) -> int:
 
 def table(model: str, batches: list[int], mini: int, seq: int, views: int) -> str:
     hidden = MODELS[model][1]
-    lines = [f"**{model}** ({parameters(model) / 1e6:.0f} M parameters; weights, gradients and "
-             f"AdamW moments: {16 * parameters(model) / GIB:.1f} GiB)", "",
+    title = (f"**{model}** ({parameters(model) / 1e6:.0f} M parameters; weights, gradients and "
+             f"AdamW moments: {16 * parameters(model) / GIB:.1f} GiB)")
+    lines = [title, "",
              f"| batch | activations, one forward | with --mini-batch-size {mini} |",
              "|---:|---:|---:|"]
     for b in batches:
