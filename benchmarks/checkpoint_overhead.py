@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import shared_root, write_results
+from benchmarks._harness import loadavg, shared_root, write_results
 
 # bert-base-uncased + csekit's MLP head, and roberta-large (+ head): parameter counts of
 # BertConfig() / roberta-large's config built on the meta device (docs/distributed.md).
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="checkpoint_overhead")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="csekit-ckpt-bench-") as tmp:
         work = Path(tmp)
         lines = [s for s in a.corpus.read_text(encoding="utf-8").splitlines() if s.strip()]
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "pre_18_cadence_extra_time_s_estimate": e["evaluations"] * e["ckpt_save_s"]
         / max(1, e["ckpt_saves"]),
         "improving_fraction": improving, "bert_base_per_1000_steps": per_1000,
-        "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_before": load_before, "loadavg_after": loadavg(),
     }
     gb = 1e9
     md = "\n".join([

@@ -27,15 +27,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS_DIR, machine_info, shared_root
+from benchmarks._harness import HWM_SNIPPET, RESULTS_DIR, machine_info, run_child, shared_root
 
 BASELINE = 200_000
 
@@ -56,28 +54,13 @@ def make_corpus(src: Path, dest: Path, n: int) -> Path:
     return dest
 
 
-def run_child(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run a command: wall time, exit code, last stdout line (the child prints its own peak
-    RSS, ``ru_maxrss`` of RUSAGE_SELF), the end of stderr."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    out, err = proc.communicate()
-    wall = time.perf_counter() - start
-    return {"wall_s": round(wall, 3), "rc": proc.returncode, "stdout": out.strip().splitlines()[-1:]
-            if out.strip() else [], "stderr_tail": err.strip().splitlines()[-2:]}
-
-
-# Peak RSS is the process's own VmHWM (/proc/self/status): ru_maxrss would include the RSS
-# of the parent at fork time (Linux keeps it across execve).
-_HWM = ("def hwm():\n    for ln in open('/proc/self/status'):\n"
-        "        if ln.startswith('VmHWM:'):\n            return int(ln.split()[1]) / 1024\n")
-_OPEN = (_HWM + "import json, sys, time\nfrom csekit.data import open_corpus\n"
+# Each child prints its own peak RSS (VmHWM; see benchmarks._harness.peak_rss_mb for why).
+_OPEN = (HWM_SNIPPET + "import json, sys, time\nfrom csekit.data import open_corpus\n"
          "t = time.perf_counter(); c = open_corpus(sys.argv[1], dedup=True)\n"
          "dt = time.perf_counter() - t\n"
          "print(json.dumps({'open_s': dt, 'rows': len(c), 'build_s': c.index_build_seconds, "
          "'maxrss_mb': hwm()}))")
-_TIMED = (_HWM + "import json, runpy, sys, time\nt = time.perf_counter(); sys.argv = "
+_TIMED = (HWM_SNIPPET + "import json, runpy, sys, time\nt = time.perf_counter(); sys.argv = "
           "sys.argv[1:]; rc = 0\n"
           "try:\n    runpy.run_module('csekit', run_name='__main__')\n"
           "except SystemExit as e:\n    rc = e.code or 0\n"

@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks._common import cpu_model, quick_gflops
+from benchmarks._harness import cpu_model, quick_gflops
 
 
 def versions() -> dict[str, str]:

@@ -20,7 +20,6 @@ before each round the ``torch.mm`` rate and load average. A quick complement to
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -30,7 +29,15 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import quick_gflops, shared_root, write_results
+from benchmarks._harness import (
+    command_line,
+    loadavg,
+    median_ratio,
+    quick_gflops,
+    rotated,
+    shared_root,
+    write_results,
+)
 
 # arm -> (lean_forward, sub-batched)
 ARMS: dict[str, tuple[bool, bool]] = {"hf": (False, False), "hf-sub": (False, True),
@@ -103,13 +110,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rounds = []
     real = padded_one = padded_sub = 0
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = loadavg()
     ref = a.arm_list[0]
     for i in range(a.warmup + a.rounds):
         inputs = tokenize_pairs(enc.tokenizer, rng.sample(lines, a.batch_size), a.seq_len)
-        mm, load = quick_gflops(), round(os.getloadavg()[0], 2)
-        k = i % len(a.arm_list)
-        order = a.arm_list[k:] + a.arm_list[:k]
+        mm, load = quick_gflops(), loadavg()[0]
+        order = rotated(a.arm_list, i)
         times = {arm: step(inputs, arm) for arm in order}
         if i < a.warmup:
             continue
@@ -127,20 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for arm in a.arm_list:
         steps = [r["step_s"][arm] for r in rounds]
-        ratios = [r["step_s"][ref] / r["step_s"][arm] for r in rounds]
+        times = [r["step_s"] for r in rounds]
+        med, ratios = median_ratio(times, times, key=ref, den_key=arm)
         summary[arm] = {"step_s_median": statistics.median(steps),
-                        "speedup_vs_ref_median": statistics.median(ratios),
+                        "speedup_vs_ref_median": med,
                         "speedups_vs_ref": ratios}
     payload = {
         "benchmark": "forward_ab",
         "params": {"model": a.model, "pooler": a.pooler, "batch_size": a.batch_size,
                    "seq_len": a.seq_len, "threads": a.threads, "subbatches": a.subbatches,
                    "rounds": a.rounds, "warmup_rounds": a.warmup, "arms": a.arm_list},
-        "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_before": load_before, "loadavg_after": loadavg(),
         "rounds": rounds, "summary": summary,
         "padding_one_batch": padded_one / real - 1, "padding_subbatched": padded_sub / real - 1,
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None
-                                                         else sys.argv[1:])]),
+        "command": command_line(argv),
         "notes": a.note
     }
     md = [

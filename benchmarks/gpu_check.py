@@ -80,7 +80,7 @@ def train_part(model: Path, work: Path, device: str, batches: list[int], steps: 
     n = max(batches) * (warmup + steps)
     corpus.write_text("\n".join(sentences(n, words, min_words=31, max_words=48, seed=2)) + "\n",
                       encoding="utf-8")
-    shape = tt._model_shape(str(model))
+    shape = tt.model_shape(str(model))
     out: dict[str, Any] = {"shape": shape, "steps": steps, "warmup": warmup, "by_batch": {}}
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4
     for batch in batches:
@@ -91,7 +91,7 @@ def train_part(model: Path, work: Path, device: str, batches: list[int], steps: 
                     "seq_len": 32, "steps": steps, "warmup": warmup, "threads": threads,
                     "precision": "bf16", "device": device, "config": config}
             t = time.perf_counter()
-            run = tt._spawn(spec, timeout)
+            run = tt.spawn(spec, timeout)
             res[config] = tt.summarise([run], batch, shape, peak)
             res[config]["wall_s"] = time.perf_counter() - t
             print(f"train batch {batch} {config}: {res[config]['sentences_per_s']:.0f} sent/s"
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     info = machine()
-    peak = tt._peak_for(info.get("gpu"), None)
+    peak = tt.peak_for(info.get("gpu"), None)
     payload: dict[str, Any] = {"machine": info, "pytest": a.pytest_summary,
                                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "peak_bf16_tflops": peak, "command": " ".join(sys.argv)}

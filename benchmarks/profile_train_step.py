@@ -17,7 +17,6 @@ Run ``python benchmarks/profile_train_step.py --help``; it writes
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import quick_gflops, shared_root, write_results
+from benchmarks._harness import loadavg, quick_gflops, shared_root, write_results
 
 PARTS = ("tokenize", "forward", "objective", "backward", "clip", "optimizer", "zero_grad")
 
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [s for s in corpus.read_text(encoding="utf-8").splitlines() if s.strip()]
     total = a.warmup + a.steps
     sample = random.Random(0).sample(lines, a.batch_size * total)
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = loadavg()
     mm_before = quick_gflops()
     with tempfile.TemporaryDirectory(prefix="csekit-prof-") as tmp:
         train_file = Path(tmp) / "sample.txt"
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         fam[_family(ev.key)] += ms
         if len(top) < 20:
             top.append({"op": ev.key, "self_ms_per_step": ms, "calls_per_step": ev.count / a.steps})
-    load_after = [round(x, 2) for x in os.getloadavg()]
+    load_after = loadavg()
     payload = {
         "benchmark": "train_step_profile",
         "params": {"model": "all-MiniLM-L6-v2" if a.model is None else a.model,

@@ -35,7 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from benchmarks._common import machine_info, shared_root
+from benchmarks._harness import machine_info, shared_root
 from benchmarks.eval_parity import ORDER, reference_sts
 
 # PromptBERT's unsupervised evaluation templates (run.sh / eval_only.sh), in its own syntax.

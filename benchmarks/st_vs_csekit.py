@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import REPO_ROOT, shared_root, write_results
+from benchmarks._harness import REPO_ROOT, shared_root, write_results
 
 
 def minilm_path() -> str:

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import shared_root, write_results
+from benchmarks._harness import shared_root, write_results
 
 TASKS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness"]
 SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R"}

@@ -28,8 +28,11 @@ weight decay 0, and the same sentences (a seeded sample of ``batch * (warmup + s
 of the wiki corpus, i.e. exactly one epoch each; the orders differ, so the padded tokens per
 batch are recorded). Both use torch's fused AdamW.
 
-Configurations: ``st-mnrl`` (the peer), ``simcse``, ``focal``, ``clusterns``,
-``clusterns-focal`` (csekit with its defaults), and csekit variants for ablations:
+Configurations: ``st-mnrl`` (the peer: mean pooling, no head), ``simcse``, ``focal``,
+``clusterns``, ``clusterns-focal`` (csekit with its defaults: [CLS] pooler + the train-only MLP
+head, SimCSE's recipe), ``simcse-mean`` (csekit SimCSE with mean pooling and no head, the
+peer's own model: its last layer cannot be trimmed to [CLS], see docs/training_speed.md), and
+csekit variants for ablations:
 ``simcse-hf`` (transformers' forward, one padded batch: csekit before issue #17's forward
 changes), ``simcse-subbatch`` (transformers' forward, 4 length-sorted sub-batches),
 ``simcse-lean1`` (the lean forward, one padded batch), ``simcse-lean-sub`` (the lean forward
@@ -62,12 +65,8 @@ Run ``python benchmarks/train_throughput.py --help``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import os
-import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -77,13 +76,40 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine_info, quick_gflops, shared_root, usable_cores, write_results
+from benchmarks._harness import (
+    StepClock,
+    bench_env,
+    command_line,
+    current_rss_mb,
+    group_flops,
+    interleaved_rounds,
+    is_quiet,
+    loadavg,
+    machine_info,
+    median_ratio,
+    model_shape,
+    peak_for,
+    quiet_note,
+    random_bert_base,
+    run_spec,
+    sample_corpus,
+    shared_root,
+    step_flops,  # noqa: F401  (the FLOPs formula, documented above; tests import it here)
+    sync,
+    usable_cores,
+    wait_for_settled_load,
+    worker_reply,
+    write_results,
+)
 
-CONFIGS = ("st-mnrl", "simcse", "focal", "clusterns", "clusterns-focal", "simcse-hf",
-           "simcse-subbatch", "simcse-lean1", "simcse-lean-sub", "simcse-compile")
+CONFIGS = ("st-mnrl", "simcse", "simcse-mean", "focal", "clusterns", "clusterns-focal",
+           "simcse-hf", "simcse-subbatch", "simcse-lean1", "simcse-lean-sub", "simcse-compile")
 # csekit variants: (objective, TrainConfig options); each names both forward settings, whose
 # defaults differ by device (lean forward and 4 sub-batches on CPU, neither on CUDA yet)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # what sentence-transformers' MNRL model trains: mean pooling, no MLP head (csekit's
+    # forward defaults otherwise); "simcse" is the SimCSE recipe, [CLS] + the train-only head
+    "simcse-mean": ("simcse", {"pooler": "avg", "mlp": "none"}),
     "simcse-hf": ("simcse", {"lean_forward": False, "length_subbatches": 1}),
     "simcse-subbatch": ("simcse", {"lean_forward": False, "length_subbatches": 4}),
     "simcse-lean1": ("simcse", {"lean_forward": True, "length_subbatches": 1}),
@@ -93,110 +119,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 SPEED_TARGET = 1.5  # csekit SimCSE / sentence-transformers MNRL, same precision (issue #17)
 CLUSTERNS_TARGET = 0.03  # ClusterNS step overhead over SimCSE
 LEARNING_RATE = 3e-5
-# Dense bf16 peak (no sparsity) by card name, TFLOP/s.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
-RESULT_TAG = "THROUGHPUT_RESULT "
-
-
-# ---------------------------------------------------------------------- measurement helpers
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MiB); Linux reports KiB."""
-    import resource
-
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
-
-
-def _current_rss_mb() -> float:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except ImportError:  # psutil is optional; fall back to the peak so far
-        return _peak_rss_mb()
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
-class _Clock:
-    """Time stamps at the end of every optimiser step, memory read at the last one."""
-
-    def __init__(self, device: str, total_steps: int) -> None:
-        self.device, self.total = device, total_steps
-        self.stamps: list[float] = []
-        self.pad_lens: list[int] = []  # padded length of the whole batch
-        self.groups: list[list[tuple[int, int]]] = []  # (rows, padded length) actually run
-        self.real_tokens: list[int] = []
-        self.peak_rss_mb: float | None = None
-        self.peak_gpu_mb: float | None = None
-
-    def tick(self) -> None:
-        _sync(self.device)
-        self.stamps.append(time.perf_counter())
-        if len(self.stamps) == self.total:  # before any end-of-run saving
-            self.peak_rss_mb = _peak_rss_mb()
-            if self.device == "cuda":
-                import torch
-
-                self.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
-
-    def result(self, start: float, warmup: int) -> dict[str, Any]:
-        """Per-step times after ``warmup``, the run's step time (t(end) - t(warmup)) / steps,
-        and what each step ran."""
-        steps = len(self.stamps) - warmup
-        t_warm = self.stamps[warmup - 1] if warmup > 0 else start
-        return {"step_times": self.step_times(start, warmup),
-                "step_s": (self.stamps[-1] - t_warm) / steps,
-                "pad_lens": self.pad_lens, "groups": self.groups,
-                "real_tokens": self.real_tokens,
-                "peak_rss_mb": self.peak_rss_mb, "peak_gpu_mb": self.peak_gpu_mb}
-
-    def step_times(self, start: float, warmup: int) -> list[float]:
-        edges = [start, *self.stamps]
-        times = [b - a for a, b in itertools.pairwise(edges)]
-        return times[warmup:]
-
-
-def _model_shape(model_path: str) -> dict[str, int]:
-    """Layers, width, FFN width and per-token non-embedding parameters of an HF encoder."""
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(model_path)
-    h, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * (2 * h)
-    return {"layers": n, "hidden": h, "intermediate": i, "non_embedding_params": n * per_layer}
-
-
-def step_flops(shape: dict[str, int], batch: int, seq_len: float) -> float:
-    """Training FLOPs of one step over 2B sequences of length ``seq_len`` (see module doc)."""
-    return group_flops(shape, [(2 * batch, seq_len)])
-
-
-def group_flops(shape: dict[str, int], groups: list[tuple[int, float]],
-                cls_only_last: bool = False) -> float:
-    """Training FLOPs of forward + backward over groups of (rows, padded length).
-
-    ``cls_only_last``: the lean forward's [CLS] pooling, whose last layer computes keys and
-    values for every token but the query, attention output, projection, LayerNorms and
-    feed-forward for position 0 only; its FLOPs are counted as that work (the skipped work
-    is not model FLOPs the step needs, and counting it would inflate the MFU).
-    """
-    layers, h = shape["layers"], shape["hidden"]
-    per_layer = shape["non_embedding_params"] / layers
-    tokens = sum(r * n for r, n in groups)
-    full = layers - 1 if cls_only_last else layers
-    dense = 6.0 * per_layer * full * tokens
-    attention = 12.0 * full * h * sum(r * n**2 for r, n in groups)
-    if cls_only_last:
-        kv = 2 * (h * h + h)  # key and value projections, every token
-        dense += 6.0 * (kv * tokens + (per_layer - kv) * sum(r for r, _ in groups))
-        attention += 12.0 * h * tokens  # one query per row against its n keys
-    return dense + attention
 
 
 # ---------------------------------------------------------------------- the two workers
@@ -220,7 +142,7 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
                       save_steps=10 * total + 1000, logging_steps=10, progress=False,
                       final_test=False, seed=spec.get("seed", 42), **extra)
     trainer = Trainer(cfg)
-    clock = _Clock(spec["device"], total)
+    clock = StepClock(spec["device"], total)
     step, take = trainer._step, trainer.stepper.take
     n_sub = trainer._unwrapped().length_subbatches
     part_cost = trainer._unwrapped().subbatch_part_cost
@@ -244,7 +166,7 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
     trainer.stepper.take = recorded_take
     if spec["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rss_before = _current_rss_mb()
+    rss_before = current_rss_mb()
     start = time.perf_counter()
     result = trainer.train()
     if result.steps != total:
@@ -274,10 +196,10 @@ def _time_objective(objective: Any, batch: int, dim: int, device: Any, kind: str
     for i in range(reps + 5):
         z1 = base1.clone().requires_grad_(True)
         z2 = base2.clone().requires_grad_(True)
-        _sync(kind)
+        sync(kind)
         t = time.perf_counter()
         objective(z1, z2).loss.backward()
-        _sync(kind)
+        sync(kind)
         if i >= 5:
             times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
@@ -302,7 +224,7 @@ def run_st(spec: dict[str, Any]) -> dict[str, Any]:
     model = SentenceTransformer(spec["model"], device=spec["device"])
     model.max_seq_length = spec["seq_len"]
     loss = MultipleNegativesRankingLoss(model, scale=20.0)
-    clock = _Clock(spec["device"], total)
+    clock = StepClock(spec["device"], total)
     forward = loss.forward
 
     def recorded_forward(features: Any, labels: Any) -> Any:
@@ -330,7 +252,7 @@ def run_st(spec: dict[str, Any]) -> dict[str, Any]:
                                          callbacks=[Stamps()])
     if spec["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rss_before = _current_rss_mb()
+    rss_before = current_rss_mb()
     start = time.perf_counter()
     trainer.train()
     if len(clock.stamps) != total:
@@ -352,48 +274,17 @@ def worker_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- orchestration
-def sample_corpus(corpus: Path, n: int, seed: int, dest: Path) -> Path:
-    """Write a seeded sample of ``n`` non-blank lines of ``corpus`` to ``dest``."""
-    lines = [s for s in corpus.read_text(encoding="utf-8").splitlines() if s.strip()]
-    if len(lines) < n:
-        raise SystemExit(f"{corpus} has {len(lines)} sentences, need {n}; lower --steps")
-    dest.write_text("\n".join(random.Random(seed).sample(lines, n)) + "\n", encoding="utf-8")
-    return dest
+def spawn(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One configuration in a fresh process (its own memory and thread settings)."""
+    env = bench_env(spec["threads"], cpu_only=spec["device"] == "cpu", CI="1")
+    return run_spec(Path(__file__).resolve(), spec, timeout, env)
 
 
-def random_bert_base(dest: Path, tokenizer_from: str) -> Path:
-    """A BERT-base-shaped model with random weights (``BertConfig()``), saved with a tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    BertModel(BertConfig()).save_pretrained(str(dest))
-    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(str(dest))
-    return dest
-
-
-def _spawn(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(spec["threads"]),
-               MKL_NUM_THREADS=str(spec["threads"]), CI="1")
-    if spec["device"] == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
-    tail = (proc.stderr or proc.stdout)[-3000:]
-    raise RuntimeError(f"worker {spec['config']} failed (exit {proc.returncode}):\n{tail}")
-
-
-def _peak_for(gpu: str | None, override: float | None) -> float | None:
-    if override:
-        return override
-    if not gpu:
-        return None
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+def pooler_of(config: str) -> str:
+    """The pooler and head a configuration trains with (for the results table)."""
+    if config in ("st-mnrl", "simcse-mean"):
+        return "mean, none"
+    return "[CLS], MLP (train only)"
 
 
 def _key(config: str, precision: str) -> str:
@@ -439,9 +330,9 @@ def judge(runs: dict[str, list[dict[str, Any]]], summary: dict[str, dict[str, An
     out: dict[str, Any] = {}
     for prec in precisions:
         peer, cse = runs[_key("st-mnrl", prec)], runs[_key("simcse", prec)]
-        rounds = [p["step_s"] / c["step_s"] for p, c in zip(peer, cse, strict=True)]
+        med, rounds = median_ratio(peer, cse)
         t: dict[str, Any] = {
-            "speedup_rounds": rounds, "speedup_median_of_rounds": statistics.median(rounds),
+            "speedup_rounds": rounds, "speedup_median_of_rounds": med,
             "speedup_of_medians": summary[_key("st-mnrl", prec)]["step_s_median"]
             / summary[_key("simcse", prec)]["step_s_median"]}
         t["speedup_met"] = min(t["speedup_median_of_rounds"], t["speedup_of_medians"]) \
@@ -450,9 +341,12 @@ def judge(runs: dict[str, list[dict[str, Any]]], summary: dict[str, dict[str, An
             if other in ("st-mnrl", "simcse"):
                 continue
             o = runs[_key(other, prec)]
-            over = [x["step_s"] / c["step_s"] - 1 for x, c in zip(o, cse, strict=True)]
-            entry = {"step_overhead_rounds": over,
-                     "step_overhead_median_of_rounds": statistics.median(over),
+            med, ratios = median_ratio(o, cse)
+            vs_peer, vs_peer_rounds = median_ratio(peer, o)
+            entry = {"step_overhead_rounds": [x - 1 for x in ratios],
+                     "step_overhead_median_of_rounds": med - 1,
+                     "speedup_vs_peer_rounds": vs_peer_rounds,
+                     "speedup_vs_peer_median_of_rounds": vs_peer,
                      "step_overhead_of_medians": summary[_key(other, prec)]["step_s_median"]
                      / summary[_key("simcse", prec)]["step_s_median"] - 1}
             if "objective_ms" in summary[_key(other, prec)]:
@@ -484,7 +378,7 @@ def markdown(payload: dict[str, Any]) -> str:
          f"{min(payload['mm_gflops']):.0f}-{max(payload['mm_gflops']):.0f} GFLOP/s (median "
          f"{statistics.median(payload['mm_gflops']):.0f})."),
     ]
-    cores = (payload.get("machine") or {}).get("cores") or os.cpu_count() or 1
+    cores = (payload.get("machine") or {}).get("cores") or usable_cores()
     quiet = is_quiet(payload["loadavg_before"], payload["loadavg_after"], p["threads"], cores)
 
     def verdict(ok: bool) -> str:
@@ -496,25 +390,23 @@ def markdown(payload: dict[str, Any]) -> str:
         t = payload["targets"][prec]
         lines += [
             "", f"## {prec}", "",
-            "| configuration | step s (median of runs) | per-run step s | sentences/s | "
+            "| configuration | pooler, head | step s (median of runs) | per-run step s | sentences/s | "
             "vs peer (median of rounds) | overhead vs SimCSE (median of rounds) | "
             "padding | forwards / step | objective fwd+bwd ms | peak RSS MiB"
             + (" | peak GPU MiB | MFU" if cuda else "") + " |",
-            "|---|---|---|---|---|---|---|---|---|---" + ("|---|---" if cuda else "") + "|",
+            "|---|---|---|---|---|---|---|---|---|---|---" + ("|---|---" if cuda else "") + "|",
         ]
         for name in p["configs"]:
             r = s[_key(name, prec)]
             if name == "st-mnrl":
                 vs, over = "1.00x", "-"
             else:
-                ratio = [pp["step_s"] / x["step_s"] for pp, x in zip(
-                    payload["runs"][_key("st-mnrl", prec)], payload["runs"][_key(name, prec)],
-                    strict=True)]
-                vs = f"{statistics.median(ratio):.2f}x"
+                peer_runs = payload["runs"][_key("st-mnrl", prec)]
+                vs = f"{median_ratio(peer_runs, payload['runs'][_key(name, prec)])[0]:.2f}x"
                 over = "-" if name == "simcse" else \
                     f"{t[name]['step_overhead_median_of_rounds']:+.1%}"
             obj = f"{r['objective_ms']:.1f}" if "objective_ms" in r else "-"
-            row = (f"| {name} | {r['step_s_median']:.3f} | "
+            row = (f"| {name} | {pooler_of(name)} | {r['step_s_median']:.3f} | "
                    f"{', '.join(f'{x:.3f}' for x in r['step_s_per_run'])} | "
                    f"{r['sentences_per_s']:.1f} | {vs} | {over} | {r['padding']:+.1%} | "
                    f"{r['forwards_per_step']:.1f} | {obj} | {r['peak_rss_mb']:.0f}")
@@ -530,6 +422,15 @@ def markdown(payload: dict[str, Any]) -> str:
              f"{t['speedup_of_medians']:.2f}x ratio of median step times (target >= "
              f"{SPEED_TARGET}x on both: {verdict(t['speedup_met'])} in this run)."),
         ]
+        if "simcse-mean" in t:
+            m = t["simcse-mean"]
+            lines.append(
+                f"- csekit SimCSE with mean pooling and no head (the peer's model) / "
+                f"sentence-transformers MNRL ({prec}): "
+                f"**{m['speedup_vs_peer_median_of_rounds']:.2f}x** median of per-round ratios "
+                f"({', '.join(f'{x:.2f}' for x in m['speedup_vs_peer_rounds'])}); "
+                f"{m['step_overhead_median_of_rounds']:+.1%} step time over the [CLS] "
+                f"configuration (why: docs/training_speed.md).")
         if "clusterns" in t:
             c = t["clusterns"]
             lines.append(
@@ -564,37 +465,10 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def wait_for_settled_load(cores: int, max_wait_s: float, poll_s: float = 5.0) -> float:
-    """Wait (at most ``max_wait_s``) until the 1-minute load average is at most half the cores.
-
-    The load average decays over minutes: a benchmark started right after another one (or a
-    build) would otherwise see the previous job's threads in ``load_before`` and mark a run
-    on an otherwise idle machine as not quiet. Returns the seconds waited.
-    """
-    start = time.monotonic()
-    while os.getloadavg()[0] > 0.5 * cores and time.monotonic() - start < max_wait_s:
-        time.sleep(poll_s)
-    return time.monotonic() - start
-
-
-def is_quiet(load_before: list[float], load_after: list[float], threads: int,
-             cores: int) -> bool:
-    """Whether other work shared the machine: the 1-minute load before the first run, and the
-    one after the last run less the benchmark's own worker threads (which were running up to
-    that moment), are each at most half the cores."""
-    foreign = max(load_before[0], load_after[0] - threads)
-    return foreign <= 0.5 * cores
-
-
 def _auto_notes(cuda: bool, load_before: list[float], load_after: list[float],
                 threads: int) -> list[str]:
-    notes = []
-    cores = usable_cores()
-    if not is_quiet(load_before, load_after, threads, cores):
-        notes.append(f"The machine was not quiet: 1-minute load average {load_before[0]} before "
-                     f"and {load_after[0]} after (own {threads} thread(s) included), on {cores} "
-                     f"cores. These numbers do not judge the targets; re-run on a "
-                     f"quiet machine.")
+    note = quiet_note(load_before, load_after, threads)
+    notes = [note] if note else []
     if not cuda:
         notes.append("GPU mode (`--device cuda`: BERT-base shape, random weights, bf16, MFU) "
                      "exists but was not run for these results.")
@@ -622,7 +496,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="comma list of fp32, bf16, fp16 (default fp32 on cpu, bf16 on cuda); "
                          "each configuration runs at each precision (like against like)")
     ap.add_argument("--precision", default=None, help=argparse.SUPPRESS)  # old spelling
-    ap.add_argument("--configs", default="st-mnrl,simcse,simcse-hf,clusterns",
+    ap.add_argument("--configs", default="st-mnrl,simcse,simcse-mean,simcse-hf,clusterns",
                     help=f"comma list of {', '.join(CONFIGS)} (st-mnrl and simcse are required)")
     ap.add_argument("--corpus", type=Path, default=None)
     ap.add_argument("--peak-tflops", type=float, default=None,
@@ -643,7 +517,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a._worker is not None:
-        print(RESULT_TAG + json.dumps(worker_main(json.loads(a._worker))), flush=True)
+        worker_reply(worker_main(json.loads(a._worker)))
         return 0
     if a.render is not None:
         payload = json.loads(a.render.read_text(encoding="utf-8"))  # keeps its own "machine"
@@ -680,9 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         model = a.model or minilm
         model_name = a.model or "sentence-transformers/all-MiniLM-L6-v2"
     train_file = sample_corpus(corpus, batch * (a.warmup + steps), a.seed, work / "sample.txt")
-    shape = _model_shape(model)
+    shape = model_shape(model)
     info = machine_info()
-    peak = _peak_for(info["gpu"], a.peak_tflops) if cuda else a.peak_tflops
+    peak = peak_for(info["gpu"], a.peak_tflops) if cuda else a.peak_tflops
     spec0 = {"model": model, "train_file": str(train_file), "batch_size": batch,
              "seq_len": a.seq_len, "steps": steps, "warmup": a.warmup, "threads": threads,
              "device": a.device}
@@ -690,25 +564,22 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(threads)  # the torch.mm probe runs with the workers' thread count
     settle_s = wait_for_settled_load(usable_cores(), a.settle_s)
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = loadavg()
     jobs = [(c, p) for p in precisions for c in configs]
-    runs: dict[str, list[dict[str, Any]]] = {_key(c, p): [] for c, p in jobs}
-    schedule: list[dict[str, Any]] = []
-    for rnd in range(a.repeats):
-        order = jobs[rnd % len(jobs):] + jobs[:rnd % len(jobs)]
-        for name, prec in order:
-            mm, load = quick_gflops(), [round(x, 2) for x in os.getloadavg()]
-            t = time.perf_counter()
-            r = _spawn({**spec0, "config": name, "precision": prec, "seed": 42 + rnd},
-                       a.timeout)
-            r.update(mm_gflops_before=mm, loadavg_before=load, round=rnd + 1)
-            runs[_key(name, prec)].append(r)
-            schedule.append({"round": rnd + 1, "config": name, "precision": prec,
-                             "step_s": r["step_s"], "mm_gflops": mm, "loadavg": load})
-            print(f"round {rnd + 1}/{a.repeats} {name:16s} {prec} step {r['step_s']:.3f} s "
-                  f"({batch / r['step_s']:.1f} sent/s; run {time.perf_counter() - t:.0f} s; "
-                  f"torch.mm before {mm:.0f} GFLOP/s, load {load[0]})", flush=True)
-    load_after = [round(x, 2) for x in os.getloadavg()]
+
+    def run(job: tuple[str, str], rnd: int) -> dict[str, Any]:
+        return spawn({**spec0, "config": job[0], "precision": job[1], "seed": 42 + rnd},
+                     a.timeout)
+
+    def describe(job: tuple[str, str], r: dict[str, Any]) -> str:
+        return f"{job[0]:16s} {job[1]} step {r['step_s']:.3f} s ({batch / r['step_s']:.1f} sent/s)"
+
+    by_job, schedule = interleaved_rounds(jobs, a.repeats, run, describe)
+    runs = {_key(c, p): v for (c, p), v in by_job.items()}
+    for row in schedule:
+        (name, prec), rnd = row.pop("job"), row["round"]
+        row.update(config=name, precision=prec, step_s=runs[_key(name, prec)][rnd - 1]["step_s"])
+    load_after = loadavg()
     summary = {k: summarise(v, batch, shape, peak) for k, v in runs.items()}
     targets = judge(runs, summary, precisions, configs)
     for prec in precisions:
@@ -733,8 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         "settle_wait_s": round(settle_s, 1),
         "mm_gflops": [row["mm_gflops"] for row in schedule], "schedule": schedule,
         "summary": summary, "targets": targets, "runs": runs,
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None
-                                                         else sys.argv[1:])]),
+        "command": command_line(argv),
         "notes": [*_auto_notes(cuda, load_before, load_after, threads), *a.note],
     }
     if not a.no_write:

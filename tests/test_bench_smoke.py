@@ -118,7 +118,7 @@ def test_model_shape_counts_the_encoder_layers(tiny_bert_dir: Path) -> None:
 
     model = AutoModel.from_pretrained(str(tiny_bert_dir))
     counted = sum(p.numel() for p in model.encoder.parameters())
-    assert _bench()._model_shape(str(tiny_bert_dir))["non_embedding_params"] == counted
+    assert _bench().model_shape(str(tiny_bert_dir))["non_embedding_params"] == counted
 
 
 def test_gpu_check_forward_part_on_cpu(tmp_path: Path) -> None:
@@ -146,3 +146,66 @@ def test_gpu_check_forward_part_on_cpu(tmp_path: Path) -> None:
                                  "loadavg": (0, 0, 0)}, "date": "d", "total_s": 1.0,
                      "forward": out})
     assert "lean forward on CUDA" in text and "| lean-sub |" in text
+
+
+def _harness() -> ModuleType:
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import benchmarks._harness as harness
+
+    return harness
+
+
+def test_harness_rounds_rotate_and_ratios_pair_rounds() -> None:
+    """Every job runs once per round, the order rotated by one each round (A/B/C, B/C/A, ...),
+    and the median ratio pairs the runs of the same round."""
+    h = _harness()
+    ran: list[tuple[str, int]] = []
+
+    def run(job: str, rnd: int) -> dict:
+        ran.append((job, rnd))
+        return {"step_s": {"a": 1.0, "b": 2.0, "c": 4.0}[job] * (rnd + 1)}
+
+    runs, schedule = h.interleaved_rounds(["a", "b", "c"], 3, run)
+    assert ran == [("a", 0), ("b", 0), ("c", 0), ("b", 1), ("c", 1), ("a", 1),
+                   ("c", 2), ("a", 2), ("b", 2)]
+    assert [r["round"] for r in runs["b"]] == [1, 2, 3]
+    assert all(r["mm_gflops_before"] > 0 and len(r["loadavg_before"]) == 3
+               for v in runs.values() for r in v)
+    assert [row["job"] for row in schedule] == [j for j, _ in ran]
+    # round r scales every job by r + 1: the per-round ratio is constant, the medians of
+    # unpaired runs would not be
+    med, ratios = h.median_ratio(runs["b"], runs["a"])
+    assert ratios == [2.0, 2.0, 2.0] and med == 2.0
+
+
+def test_harness_quiet_judgement() -> None:
+    h = _harness()
+    assert h.is_quiet([0.5, 0, 0], [2.4, 0, 0], threads=2, cores=2)  # after: own threads
+    assert not h.is_quiet([1.5, 0, 0], [0.1, 0, 0], threads=2, cores=2)
+    assert not h.is_quiet([0.2, 0, 0], [3.5, 0, 0], threads=2, cores=2)
+    assert h.quiet_note([0.2, 0, 0], [3.5, 0, 0], 2, 2) is not None
+    assert h.quiet_note([0.2, 0, 0], [2.0, 0, 0], 2, 2) is None
+
+
+def test_harness_worker_in_a_fresh_process_reports_its_own_peak_rss(tmp_path: Path) -> None:
+    """run_spec starts a fresh interpreter, passes the spec, reads the reply line; the reply's
+    peak RSS is the child's own (it grows with what the child allocates, and does not carry
+    the parent's)."""
+    h = _harness()
+    script = tmp_path / "w.py"
+    script.write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+        "from benchmarks._harness import worker_reply\n"
+        "spec = json.loads(sys.argv[2])\n"
+        "block = bytearray(spec['mb'] * 2**20)\n"
+        "worker_reply({'echo': spec['mb'], 'len': len(block)})\n", encoding="utf-8")
+    small = h.run_spec(script, {"mb": 1}, timeout=120)
+    big = h.run_spec(script, {"mb": 300}, timeout=120)
+    assert small["echo"] == 1 and big["len"] == 300 * 2**20
+    assert big["process_peak_rss_mb"] - small["process_peak_rss_mb"] > 250
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise SystemExit('no reply')\n", encoding="utf-8")
+    with pytest.raises(RuntimeError, match="no reply"):
+        h.run_spec(bad, {}, timeout=120)

@@ -24,7 +24,7 @@ def freeze(path: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    from benchmarks._common import machine_info
+    from benchmarks._harness import machine_info
 
     logs = Path(sys.argv[1])
     rows = {}

@@ -101,6 +101,9 @@ HELP: dict[str, str] = {
                     "[,hard_neg], as SimCSE's nli_for_simcse.csv)",
     "hard_negative_weight": "SimCSE's log-space weight added to each row's own hard negative "
                             "(triplets only)",
+    "switch_case": "switch-case positives (CARDS, Wang et al. 2022): flip the case of each "
+                   "word's first letter with this probability in the positive view "
+                   "(unsupervised, cased tokenizers only; 0: off)",
     "batch_size": "GLOBAL batch (all processes together); the in-batch negatives "
                   "(SimCSE / Focal 64, ClusterNS 256)",
     "learning_rate": "AdamW peak learning rate (SimCSE / Focal 3e-5, ClusterNS 5e-5)",

@@ -113,6 +113,9 @@ class TrainConfig:
     supervision: str = "auto"
     text_columns: str | None = None  # "anchor,positive[,hard_negative]"; None: sent0,sent1,...
     hard_negative_weight: float = 0.0  # SimCSE's log-space weight on row i's own hard negative
+    # switch-case positives (CARDS, Wang et al. 2022; csekit.data.switch_case): the probability
+    # that a word's first letter flips case in the positive view; 0: off (unsupervised only)
+    switch_case: float = 0.0
     # --- optimisation
     batch_size: int | None = None  # None: the objective's published default
     learning_rate: float | None = None
@@ -316,6 +319,11 @@ class TrainConfig:
         _choice("cluster_init", cfg.cluster_init, CLUSTER_INITS)
         _choice("supervision", cfg.supervision, SUPERVISION_MODES)
         parse_columns(cfg.text_columns)  # 2 or 3 distinct names; the file is checked at start
+        if not 0.0 <= cfg.switch_case <= 1.0:
+            raise ConfigError(f"switch_case is a probability in [0, 1], got {cfg.switch_case}")
+        if cfg.switch_case and cfg.supervision in ("pairs", "triplets"):
+            raise ConfigError("switch_case augments the positive view of unsupervised training; "
+                              f"this run is {cfg.supervision}")
         if cfg.hard_negative_weight != 0 and cfg.supervision in ("unsupervised", "pairs"):
             raise ConfigError("hard_negative_weight needs triplets (a hard_neg column); "
                               f"this run is {cfg.supervision}")
