@@ -226,7 +226,8 @@ class TrainConfig:
             keys += ["n_clusters", "kmeans_lr", "kmeans_start_cosine", "bml_weight",
                      "bml_alpha", "bml_beta"]
         keys += [k for k in ("dropout", "instruction", "lora_r", "lora_alpha", "lora_dropout",
-                             "lora_target_modules", "bidirectional", "gradient_checkpointing")
+                             "lora_target_modules", "bidirectional", "gradient_checkpointing",
+                             "mini_batch_size")
                  if getattr(cfg, k) not in (None, False) and (k[:5] != "lora_" or cfg.lora_r)]
         from_table = set(self.defaulted_options())
         return ", ".join(f"{k}={getattr(cfg, k)}" + ("*" if k in from_table else "")
