@@ -116,9 +116,17 @@ def _run(enc, objective, mode, mini, tmp, batches):
     return losses
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("pooler", ["cls", "prompt"])
+def _fast(pooler: str, mode: str, objective: str) -> bool:
+    """The default suite's share of the matrix (the rest is marked slow): every objective on
+    sentences with [CLS], and ClusterNS-focal (the objective that uses most) everywhere."""
+    return objective == "clusterns-focal" or (pooler == "cls" and mode == "unsupervised")
+
+
+MATRIX = [pytest.param(p, m, o, marks=() if _fast(p, m, o) else pytest.mark.slow)
+          for p in ("cls", "prompt") for m in MODES for o in OBJECTIVES]
+
+
+@pytest.mark.parametrize("pooler,mode,objective", MATRIX)
 def test_cached_update_equals_uncached_at_dropout_0(tiny_bert_dir: Path, tmp_path: Path,
                                                      objective: str, mode: str,
                                                      pooler: str) -> None:
@@ -161,12 +169,19 @@ class _Recorder(torch.nn.Module):
 @pytest.mark.parametrize("objective", ["simcse", "clusterns-focal"])
 @pytest.mark.parametrize("mode,pooler,lean", [("unsupervised", "cls", True),
                                               ("unsupervised", "cls", False),
+                                              ("unsupervised", "cls", "checkpointing"),
                                               ("triplets", "prompt", False)])
 def test_dropout_masks_replay_and_gradients_match_one_graph(tiny_bert_dir: Path, objective: str,
                                                             mode: str, pooler: str,
-                                                            lean: bool) -> None:
+                                                            lean: bool | str) -> None:
     enc = _encoder(tiny_bert_dir, pooler=pooler, dropout=0.1)
-    enc.lean_forward = lean
+    enc.lean_forward = lean is True
+    if lean == "checkpointing":  # transformers' gradient checkpointing inside pass 3
+        b = enc.backbone
+        new = hasattr(b, "activation_checkpointing_enable")  # (transformers 5's new name)
+        enable = b.activation_checkpointing_enable if new else b.gradient_checkpointing_enable
+        key = "activation_checkpointing_kwargs" if new else "gradient_checkpointing_kwargs"
+        enable(**{key: {"use_reentrant": False}})
     enc.length_subbatches = 2 if pooler == "cls" else 1
     obj = _objective(objective, mode)
     inputs = _inputs(enc, mode, 3)

@@ -123,6 +123,7 @@ def test_bf16_cached_runs_close_to_uncached(tiny_bert_dir: Path, corpus: Path,
     assert got.losses == pytest.approx(ref.losses, rel=2e-2)
 
 
+@pytest.mark.slow  # torchrun, two processes: 20-35 s on the shared 2-core machine
 def test_two_processes_cached_equal_one(tiny_bert_dir: Path, tmp_path: Path) -> None:
     """2 processes cached (mini-batch 3 of a per-process batch of 8) == 1 process cached
     (mini-batch 3 of 16) == 1 process uncached, dropout 0 (the opts of

@@ -73,8 +73,10 @@ def _grads(loss) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in loss.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", list(CACHED_LOSSES))
-@pytest.mark.parametrize("triplets", [False, True])
+# (the default suite: every loss on pairs, ClusterNS-focal on triplets; the rest is slow)
+@pytest.mark.parametrize("name,triplets", [
+    pytest.param(n, t, marks=pytest.mark.slow if t and n != "clusterns-focal" else ())
+    for n in CACHED_LOSSES for t in (False, True)])
 def test_cached_loss_equals_uncached_at_dropout_0(st_folder: Path, name: str,
                                                   triplets: bool) -> None:
     plain, cached = _losses(st_folder, name, dropout=False)
