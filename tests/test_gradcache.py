@@ -245,6 +245,14 @@ def test_accumulation_composes(tiny_bert_dir: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(p1, p0, rtol=1e-10, atol=1e-12)
 
 
+def test_unreplayable_device_is_refused() -> None:
+    from csekit.errors import ConfigError
+    from csekit.training.gradcache import RngSnapshot
+
+    with pytest.raises(ConfigError, match="xpu is not supported"):
+        RngSnapshot.capture("xpu")
+
+
 def test_row_slices_keep_examples_whole() -> None:
     assert row_slices(24, 2, 5) == [slice(0, 10), slice(10, 20), slice(20, 24)]
     assert row_slices(36, 3, 4) == [slice(0, 12), slice(12, 24), slice(24, 36)]

@@ -50,6 +50,9 @@ def upcast(z: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- RNG
+REPLAYABLE_DEVICES = ("cpu", "cuda", "mps")
+
+
 @dataclass
 class RngSnapshot:
     """The states of the generators a forward draws dropout from: torch's CPU generator
@@ -63,6 +66,10 @@ class RngSnapshot:
     @classmethod
     def capture(cls, device: torch.device | str) -> RngSnapshot:
         device = torch.device(device)
+        if device.type not in REPLAYABLE_DEVICES:  # (its masks would not replay: wrong grads)
+            raise ConfigError(f"gradient caching replays dropout masks from the generators of "
+                              f"{', '.join(REPLAYABLE_DEVICES)} devices; {device.type} is not "
+                              f"supported: train without --mini-batch-size")
         accel = None
         if device.type == "cuda":
             accel = torch.cuda.get_rng_state(device)
@@ -168,5 +175,5 @@ def check_mini_batch_size(mini_batch_size: int | None, batch_size: int, world_si
                           f"that many examples")
 
 
-__all__ = ["RngSnapshot", "cached_forward_backward", "check_mini_batch_size", "row_slices",
+__all__ = ["REPLAYABLE_DEVICES", "RngSnapshot", "cached_forward_backward", "check_mini_batch_size", "row_slices",
            "slice_rows", "upcast"]
