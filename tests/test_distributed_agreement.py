@@ -41,11 +41,20 @@ def _env(**extra: str) -> dict[str, str]:
                 TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
 
 
-def _torchrun(nproc: int, *, nnodes: int = 1, node_rank: int = 0, port: int,
+def _torchrun(nproc: int, *, nnodes: int = 1, node_rank: int = 0, port: int | None = None,
               log_dir: Path | None = None) -> list[str]:
+    """torchrun on 127.0.0.1. One node: ``--standalone``, whose agent binds a free port itself
+    and holds it (no port picked here and released: see tests/_gloo.py for that race). Several
+    nodes (each a torchrun here) need a port they all know: ``port``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
-           "--node_rank", str(node_rank), "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(port)]
+           "--nproc_per_node", str(nproc)]
+    if nnodes == 1 and port is None:
+        cmd += ["--standalone"]
+    else:
+        if port is None:
+            raise ValueError("several nodes need a port")
+        cmd += ["--node_rank", str(node_rank), "--master_addr", "127.0.0.1",
+                "--master_port", str(port)]
     if log_dir is not None:  # each worker's stdout/stderr in its own file
         cmd += ["--log-dir", str(log_dir), "--redirects", "3"]
     return cmd
@@ -89,7 +98,7 @@ def test_node_local_output_dir_stops_every_process(tiny_bert_dir: Path, tmp_path
 def test_dropout_masks_differ_across_processes(tiny_bert_dir: Path, tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "corpus.txt", n=100)
     out = tmp_path / "two"
-    cmd = _torchrun(2, port=_free_port()) + [str(HERE / "_dropout_probe.py"), str(tiny_bert_dir),
+    cmd = _torchrun(2) + [str(HERE / "_dropout_probe.py"), str(tiny_bert_dir),
                                              str(corpus), str(out), "0.1"]
     proc = subprocess.run(cmd, env=_env(), check=False, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -130,7 +139,7 @@ def test_two_process_sigterm_resume_equals_uninterrupted(tiny_bert_dir: Path,
     data = make_senteval(tmp_path / "senteval")
 
     def launch(out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        cmd = _torchrun(2, port=_free_port()) + [
+        cmd = _torchrun(2) + [
             "-m", "csekit", "train", "--model", str(tiny_bert_dir), "--train-file", str(corpus),
             "--data-dir", str(data), "--output-dir", str(out), *_flags(**RUN), *extra]
         return subprocess.Popen(cmd, env=env or _env(), stdout=subprocess.PIPE,

@@ -21,7 +21,6 @@ from csekit.training import agreement
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_distributed_agreement import _env, _torchrun, _worker_stderr
-from test_distributed_train import _free_port
 from test_train import make_corpus
 from test_train_eval import make_senteval
 
@@ -89,7 +88,7 @@ def _run(tmp_path: Path, tiny: Path, probe_args: list[str], extra_env: dict[str,
     corpus = make_corpus(tmp_path / "corpus.txt", n=120)
     data = make_senteval(tmp_path / "senteval", n=20)
     logs = tmp_path / "logs"
-    cmd = _torchrun(2, port=_free_port(), log_dir=logs) + ["--monitor-interval", "5"]
+    cmd = _torchrun(2, log_dir=logs) + ["--monitor-interval", "5"]
     cmd += [*probe_args, "--", "--model", str(tiny), "--train-file", str(corpus),
             "--data-dir", str(data), "--output-dir", str(tmp_path / "run"), "--batch-size", "8",
             "--max-steps", "4", "--eval-steps", "2", "--no-final-test", "--pooler", "avg",

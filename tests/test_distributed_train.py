@@ -57,8 +57,9 @@ def torchrun_train(model: Path, corpus: Path, out: Path, opts: dict, *, nproc: i
         flags += [f"--{k.replace('_', '-')}", str(v)]
     env = dict(os.environ, OMP_NUM_THREADS="1", CI="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
-           str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+    # --standalone: torchrun's agent binds a free port itself and keeps it (tests/_gloo.py)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(nproc),
            "-m", "csekit.cli.train_cmd", "--model", str(model), "--train-file", str(corpus),
            "--output-dir", str(out), *flags]
     return subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=timeout)

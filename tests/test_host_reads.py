@@ -158,12 +158,11 @@ def test_deferred_stop_on_one_process_stops_both_at_the_same_step(tiny_bert_dir:
     Slow (a torchrun launch, ~40 s loaded); test_read_decodes_flags_in_order covers the
     decoding in process."""
     from test_distributed_agreement import _env, _torchrun
-    from test_distributed_train import _free_port
 
     corpus = make_corpus(tmp_path / "corpus.txt", n=200)
     out = tmp_path / "probe"
     run = tmp_path / "run"
-    cmd = _torchrun(2, port=_free_port()) + [
+    cmd = _torchrun(2) + [
         str(HERE / "_deferred_stop_probe.py"), str(out), "--", "--model", str(tiny_bert_dir),
         "--train-file", str(corpus), "--output-dir", str(run), "--batch-size", "8",
         "--max-steps", "12", "--logging-steps", "5", "--save-steps", "100", "--pooler",

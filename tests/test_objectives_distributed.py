@@ -10,20 +10,18 @@ process run to 1e-5, and centroids must be bit-identical across processes.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from csekit import distributed
 from csekit.objectives import build_objective
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_distributed_train import _free_port
+from _gloo import close_gloo, init_gloo, rendezvous_file
 
 WORLD = 2
 GLOBAL_B, D_IN, D, K, STEPS = 12, 10, 8, 8, 6  # K > local batch: init must use the global batch
@@ -88,26 +86,23 @@ def _run(rank: int, world: int, supervised: bool) -> dict[str, list[torch.Tensor
     return rec
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, rendezvous: str, out_dir: str) -> None:
     """Both modes in one process group (one spawn: starting processes is the slow part)."""
-    os.environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
-    tdist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    init_gloo(rank, world, rendezvous)
     try:
         assert distributed.world_size() == world
         for supervised in (False, True):
             torch.save(_run(rank, world, supervised),
                        Path(out_dir) / f"rank{rank}-{int(supervised)}.pt")
     finally:
-        tdist.destroy_process_group()
+        close_gloo()
 
 
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, rendezvous_file(out), str(out)), nprocs=WORLD, join=True)
     return out
 
 

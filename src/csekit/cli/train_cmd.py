@@ -112,6 +112,9 @@ HELP: dict[str, str] = {
     "warmup_ratio": "warm-up as a fraction of all steps",
     "max_grad_norm": "gradient clipping norm (0: off; default 1.0 as SimCSE's HF Trainer)",
     "grad_accum_steps": "accumulate gradients of N batches per update (does NOT add negatives)",
+    "mini_batch_size": "gradient caching: embed the batch in mini-batches of M examples and "
+                       "back-propagate through each (same gradient as the whole batch, activation "
+                       "memory of M examples, one extra forward; docs/gradient_caching.md)",
     "precision": "fp32, bf16 (CPU or GPU) or fp16 (GPU)",
     "epochs": "passes over the corpus (published: 1)",
     "max_steps": "optimiser steps (overrides --epochs)",

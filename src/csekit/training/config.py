@@ -127,6 +127,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     max_grad_norm: float | None = 1.0  # the HF Trainer default SimCSE ran with; None/0: off
     grad_accum_steps: int = 1
+    mini_batch_size: int | None = None  # gradient caching (docs/gradient_caching.md); None: off
     precision: str = "fp32"
     epochs: int = 1
     max_steps: int | None = None  # overrides epochs when set
@@ -225,7 +226,8 @@ class TrainConfig:
             keys += ["n_clusters", "kmeans_lr", "kmeans_start_cosine", "bml_weight",
                      "bml_alpha", "bml_beta"]
         keys += [k for k in ("dropout", "instruction", "lora_r", "lora_alpha", "lora_dropout",
-                             "lora_target_modules", "bidirectional", "gradient_checkpointing")
+                             "lora_target_modules", "bidirectional", "gradient_checkpointing",
+                             "mini_batch_size")
                  if getattr(cfg, k) not in (None, False) and (k[:5] != "lora_" or cfg.lora_r)]
         from_table = set(self.defaulted_options())
         return ", ".join(f"{k}={getattr(cfg, k)}" + ("*" if k in from_table else "")
@@ -305,6 +307,7 @@ class TrainConfig:
         (cheap: no model); only options that combine several settings are checked here.
         """
         from csekit.objectives import build_objective
+        from csekit.training.gradcache import check_mini_batch_size
 
         _choice("objective", self.objective, OBJECTIVES)
         cfg = self.resolved()
@@ -371,6 +374,7 @@ class TrainConfig:
         if cfg.batch_size % world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
                               f"{world_size} processes; pick a multiple of {world_size}")
+        check_mini_batch_size(cfg.mini_batch_size, cfg.batch_size, world_size)
         build_objective(cfg.objective, **cfg.objective_hparams())  # the objective's own checks
         cfg.prompt_config()  # the template syntax and prompt options
         cfg.lora_settings()  # rank, alpha, dropout
