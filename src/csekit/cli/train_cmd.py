@@ -17,18 +17,17 @@ import typing
 from typing import Any
 
 from csekit.modeling.representation.prompt import POSITION_MODES
-from csekit.training.config import (
+from csekit.training.config import OBJECTIVE_DEPENDENT, TrainConfig
+from csekit.training.config_checks import (
     BML_REDUCTIONS,
     CENTROID_UPDATES,
     CLUSTER_INITS,
     MLP_MODES,
-    OBJECTIVE_DEPENDENT,
     OBJECTIVES,
     ON_BAD_LINE,
     POOLERS,
     PRECISIONS,
     SUPERVISION_MODES,
-    TrainConfig,
 )
 
 logger = logging.getLogger(__name__)
