@@ -56,8 +56,8 @@ def test_cadence_save_steps_independent_of_eval_steps(tiny_bert_dir: Path, corpu
         saves.append(kw["state"].step)
         return real(path, **kw)
 
-    import csekit.training.trainer as trainer_mod
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", counting)
+    import csekit.training.run_checkpoints as run_ckpt_mod
+    monkeypatch.setattr(run_ckpt_mod, "save_checkpoint", counting)
     cfg = config(tiny_bert_dir, corpus, out, max_steps=7, eval_steps=2, save_steps=3,
                  save_total_limit=10, data_dir=str(data), learning_rate=1e-3)
     keeper_saves: list[int] = []

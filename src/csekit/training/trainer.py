@@ -38,15 +38,10 @@ from csekit.training.accel import build_accelerator
 from csekit.training.agreement import (
     agree_errors,
     agree_on_checkpoint,
-    check_loaded_step,
     check_shared_output_dir,
 )
 from csekit.training.checkpoint import (
     TrainerState,
-    checkpoint_dir,
-    load_checkpoint,
-    rotate_checkpoints,
-    save_checkpoint,
 )
 from csekit.training.config import TrainConfig
 from csekit.training.feed import BatchFeed
@@ -54,7 +49,8 @@ from csekit.training.metrics import MetricsLogger
 from csekit.training.model_io import BestModelKeeper, recover_best
 from csekit.training.optim import build_optimizer, linear_schedule, raw_optimizer
 from csekit.training.prefetch import Prefetcher
-from csekit.training.rng import get_rng_state, seed_dropout, seed_everything, set_rng_state
+from csekit.training.rng import seed_dropout, seed_everything
+from csekit.training.run_checkpoints import resume_run, save_run_checkpoint
 from csekit.training.signals import StopSignal
 from csekit.training.speed import check_dropout_views, configure_training_forward
 from csekit.training.step import MAX_STEPS_UNREAD, StepResult, UpdateStep
@@ -191,54 +187,15 @@ class Trainer:
         """Use a prepared batch: record its data position, copy it to the device."""
         return self.feed.take(item, self.state)
 
-    # ------------------------------------------------------------------ resume
+    # ------------------------------------------------------------------ resume / checkpoints
     def _resume(self) -> None:
-        if self._resume_step is None:  # rank 0's choice, the same on every process
-            logger.warning("--resume: no checkpoint in %s/checkpoints; starting from scratch",
-                           self.output_dir)
-            return
-        path = checkpoint_dir(self.output_dir, self._resume_step)
-        state, rng_states, saved_cfg = agree_errors(
-            load_checkpoint, path, model=self.accelerator.unwrap_model(self.model),
-            optimizer=raw_optimizer(self.optimizer), scheduler=self.scheduler, objective=self.objective,
-            scaler=self.accelerator.scaler)
-        check_loaded_step(state.step, self._resume_step, self.accelerator.device)
-        for key in ("model", "objective", "batch_size", "seed", "supervision"):
-            if key in saved_cfg and saved_cfg[key] != getattr(self.config, key):
-                logger.warning("resuming with %s=%r, the checkpoint was written with %r",
-                               key, getattr(self.config, key), saved_cfg[key])
-        self.state = state
-        if len(rng_states) == self.world:
-            set_rng_state(rng_states[self.rank])
-        else:
-            logger.warning("checkpoint has RNG states of %d processes, this run has %d: "
-                           "dropout masks will differ from an uninterrupted run",
-                           len(rng_states), self.world)
-            seed_everything(self.config.seed + state.step + self.rank)
-        logger.info("resumed from %s (step %d, epoch %d, batch %d of the epoch)", path,
-                    state.step, state.epoch, state.batches_in_epoch)
+        """Load rank 0's chosen checkpoint into this run (:func:`resume_run`)."""
+        resume_run(self)
 
     def _save_checkpoint(self) -> None:
-        rng = get_rng_state()
-        if D.is_distributed():
-            import torch.distributed as dist
-
-            gathered: list[Any] = [None] * self.world
-            dist.all_gather_object(gathered, rng)
-            rng_states = gathered
-        else:
-            rng_states = [rng]
-        def save() -> None:
-            if self.is_main:
-                save_checkpoint(checkpoint_dir(self.output_dir, self.state.step),
-                                model=self.accelerator.unwrap_model(self.model),
-                                optimizer=self.optimizer, scheduler=self.scheduler,
-                                objective=self.objective, rng_states=rng_states,
-                                state=self.state, config=self.config.to_dict(),
-                                scaler=self.accelerator.scaler)
-                rotate_checkpoints(self.output_dir, self.config.save_total_limit)
-
-        agree_errors(save)  # a full disk on rank 0 stops every process with the same line
+        """A full checkpoint of this step, every process's RNG state in it
+        (:func:`save_run_checkpoint`)."""
+        save_run_checkpoint(self)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
