@@ -246,3 +246,22 @@ def test_harness_worker_in_a_fresh_process_reports_its_own_peak_rss(tmp_path: Pa
     bad.write_text("raise SystemExit('no reply')\n", encoding="utf-8")
     with pytest.raises(RuntimeError, match="no reply"):
         h.run_spec(bad, {}, timeout=120)
+
+
+def test_pooler_ab_runs_its_three_arms(tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str],
+                                       ) -> None:
+    """benchmarks/pooler_ab.py on a tiny BERT: the [CLS] arm trims the last layer, the other two
+    do not (asserted inside), every arm is timed, and the FLOPs ratio of a full last layer over
+    a trimmed one is above 1."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import pooler_ab
+
+    assert pooler_ab.main(["--model", str(tiny_bert_dir), "--batch-size", "4", "--seq-len",
+                           "16", "--threads", "1", "--rounds", "2", "--warmup", "1",
+                           "--no-write"]) == 0
+    out = capsys.readouterr().out
+    rows = [x for x in out.splitlines() if x.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == ["cls", "cls-full", "mean"]
+    ratio = float(out.split("over the trimmed one: ")[1].split(" ")[0])
+    assert ratio > 1.0
