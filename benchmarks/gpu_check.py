@@ -29,6 +29,13 @@ and sentences are made on the spot (:mod:`benchmarks._offline_assets`).
    same GPU; sentences/s and the largest difference of the embeddings (native vs
    transformers decides whether ``--backend auto`` may use native on CUDA).
 
+4. **Gradient caching** (issue #26): peak GPU memory (``max_memory_allocated``) and step time
+   of SimCSE training, bert-base shape, bf16, length 32, at batch 1024 with
+   ``--mini-batch-size 64`` against batch 64 and against batch 1024 uncached (each a fresh
+   process, ``benchmarks/gradcache_memory.py``'s worker; an uncached run that runs out of
+   memory is recorded as such). Goals: cached peak within 1.3x of batch 64's; cached step at
+   most 1.5x the uncached step at batch 1024.
+
 Writes ``gpu_check.json`` and ``gpu_check.md`` (naming the GPU) into ``--out``.
 ``--device cpu --tiny`` runs the same code on a tiny model for a quick check without a GPU.
 """
@@ -105,6 +112,43 @@ def train_part(model: Path, work: Path, device: str, batches: list[int], steps: 
                                                / s["step_s_median"])
         res["epoch_minutes_at_this_rate"] = WIKI1M_STEPS * 64 / s["sentences_per_s"] / 60
         out["by_batch"][str(batch)] = res
+    return out
+
+
+def gradcache_part(model: Path, work: Path, device: str, batch: int, mini: int, steps: int,
+                   warmup: int, timeout: float) -> dict[str, Any]:
+    """Peak memory and step time: batch ``mini`` / ``batch`` cached in ``mini`` / ``batch``."""
+    from benchmarks import gradcache_memory as gm
+    from benchmarks._harness import bench_env, run_spec
+
+    corpus = work / "gradcache.txt"
+    corpus.write_text("\n".join(sentences(batch * (warmup + steps), pseudo_words(5000, seed=1),
+                                          min_words=31, max_words=48, seed=3)) + "\n",
+                      encoding="utf-8")
+    key = "peak_gpu_mb" if device == "cuda" else "peak_rss_mb"
+    out: dict[str, Any] = {"batch": batch, "mini": mini, "steps": steps, "warmup": warmup,
+                           "memory_key": key, "arms": {}}
+    for arm, (b, m) in (("small", (mini, None)), ("cached", (batch, mini)),
+                        ("full", (batch, None))):
+        spec = {"model": str(model), "train_file": str(corpus), "batch": b, "mini": m,
+                "precision": "bf16", "steps": steps, "warmup": warmup, "device": device,
+                "seed": 0, "workdir": str(work / f"gradcache-{arm}")}
+        try:
+            r = run_spec(Path(gm.__file__).resolve(), spec, timeout,
+                         bench_env(cpu_only=device == "cpu"))
+        except Exception as err:  # noqa: BLE001 - an out-of-memory batch is a result too
+            r = {"error": str(err).strip().splitlines()[-1][:300]}
+        out["arms"][arm] = {"batch": b, "mini": m, **r}
+        print(f"gradcache {arm} (batch {b}, mini-batch {m}): "
+              + (r["error"] if "error" in r else
+                 f"step {r['step_s'] * 1e3:.1f} ms, peak {r[key]:.0f} MiB"), flush=True)
+    arms = out["arms"]
+    if "error" not in arms["cached"] and "error" not in arms["small"]:
+        out["memory_ratio"] = arms["cached"][key] / arms["small"][key]
+        out["memory_goal_met"] = out["memory_ratio"] <= gm.MEMORY_GOAL
+    if "error" not in arms["cached"] and "error" not in arms["full"]:
+        out["time_ratio"] = arms["cached"]["step_s"] / arms["full"]["step_s"]
+        out["time_goal_met"] = out["time_ratio"] <= gm.TIME_GOAL
     return out
 
 
@@ -342,6 +386,24 @@ def markdown(p: dict[str, Any]) -> str:
         lines += ["", (f"- decision ({d['rule']}): lean forward on CUDA: "
                       f"**{d['lean_forward_on_cuda']}**; length sub-batches on CUDA: "
                       f"**{d['length_subbatches_on_cuda']}**"), ""]
+    gc = p.get("gradcache")
+    if gc:
+        key = gc["memory_key"]
+        lines += ["## Gradient caching (bf16, length 32, random bert-base shape, SimCSE)", "",
+                  f"| arm | batch | mini-batch | step ms | peak MiB ({key}) |",
+                  "|---|---|---|---|---|"]
+        for arm, r in gc["arms"].items():
+            if "error" in r:
+                lines.append(f"| {arm} | {r['batch']} | {r['mini'] or '-'} | failed: "
+                             f"{r['error']} | - |")
+            else:
+                lines.append(f"| {arm} | {r['batch']} | {r['mini'] or '-'} | "
+                             f"{r['step_s'] * 1e3:.1f} | {r[key]:.0f} |")
+        lines += ["", (f"- peak cached / batch {gc['mini']}: "
+                       f"{gc.get('memory_ratio', float('nan')):.2f} (goal <= 1.3, met: "
+                       f"{gc.get('memory_goal_met')}); step cached / uncached at batch "
+                       f"{gc['batch']}: {gc.get('time_ratio', float('nan')):.2f} (goal <= 1.5, "
+                       f"met: {gc.get('time_goal_met')})"), ""]
     en = p.get("encode")
     if en:
         lines += ["## Encoding (fp32, no TF32, batch 128, max 128 tokens)", "",
@@ -374,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-forward", action="store_true")
     ap.add_argument("--skip-encode", action="store_true")
+    ap.add_argument("--skip-gradcache", action="store_true")
+    ap.add_argument("--gradcache-batch", type=int, default=1024)
+    ap.add_argument("--gradcache-mini", type=int, default=64)
+    ap.add_argument("--gradcache-steps", type=int, default=3)
     a = ap.parse_args(argv)
     import torch
 
@@ -413,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
         if not a.skip_forward:
             payload["forward"] = forward_part(model, a.device, batches, a.forward_rounds)
             print(f"forward: {json.dumps(payload['forward']['decision'])}", flush=True)
+        if not a.skip_gradcache:
+            gb, gm_ = (16, 4) if a.tiny else (a.gradcache_batch, a.gradcache_mini)
+            payload["gradcache"] = gradcache_part(model, work, a.device, gb, gm_,
+                                                  a.gradcache_steps, 1, a.timeout)
         if not a.skip_encode:
             payload["encode"] = encode_part(model, a.device, a.encode_sentences)
             print(f"encode: {json.dumps(payload['encode'])}", flush=True)

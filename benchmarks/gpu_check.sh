@@ -4,7 +4,7 @@
 # Needs only what such a machine has: Python 3.10+, torch with CUDA, transformers, accelerate,
 # sentence-transformers (pytest for the `gpu` tests; without it they are reported as not run).
 # No hub, no `datasets`, no shared data, csekit not installed: it runs from this source tree.
-# Ends in about 8 minutes on one H100/H200 (pytest at most 270 s, the benchmark 420 s):
+# Ends in about 9 minutes on one H100/H200 (pytest at most 270 s, the benchmark 480 s):
 #   1. pytest -m gpu tests/test_gpu.py  (bf16/fp16 exact resume, native == transformers on
 #      CUDA, lean forward and length sub-batches == transformers' forward on CUDA, 2-GPU DDP
 #      == 1 GPU when 2 GPUs are visible)
@@ -12,7 +12,8 @@
 #      length 32: sentences/s, MFU, ClusterNS overhead); the training forward's CUDA defaults
 #      (lean forward and sub-batches: equality in float64 and step time against transformers'
 #      forward, with the decision they support); encode throughput against
-#      sentence-transformers on the same GPU.
+#      sentence-transformers on the same GPU; gradient caching (issue #26): peak GPU memory
+#      and step time at batch 1024 with --mini-batch-size 64 against batch 64 and batch 1024.
 # Results (naming the GPU) go to $OUT if set, else benchmarks/results/.
 #
 # Usage: bash benchmarks/gpu_check.sh        (PYTHON=python3.12 to choose the interpreter)
@@ -41,7 +42,7 @@ if "$PY" -c "import pytest" 2>/dev/null; then
 fi
 echo "gpu tests: $summary (rc $rc_tests)"
 
-timeout 420 "$PY" benchmarks/gpu_check.py --out "$OUTDIR" --pytest-summary "$summary (rc $rc_tests)" \
+timeout 480 "$PY" benchmarks/gpu_check.py --out "$OUTDIR" --pytest-summary "$summary (rc $rc_tests)" \
     2>&1 | tee "$OUTDIR/gpu_check_log.txt"
 rc_bench=${PIPESTATUS[0]}
 

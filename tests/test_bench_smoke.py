@@ -248,6 +248,52 @@ def test_harness_worker_in_a_fresh_process_reports_its_own_peak_rss(tmp_path: Pa
         h.run_spec(bad, {}, timeout=120)
 
 
+def _module(name: str, path: Path) -> ModuleType:
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gradcache_benchmark_worker_runs_cached_steps(tiny_bert_dir: Path, sample: Path,
+                                                      tmp_path: Path) -> None:
+    bench = _module("benchmarks.gradcache_memory", REPO_ROOT / "benchmarks" / "gradcache_memory.py")
+    spec = {"model": str(tiny_bert_dir), "train_file": str(sample), "batch": 4, "mini": 2,
+            "precision": "fp32", "steps": 2, "warmup": 1, "device": "cpu", "seed": 0,
+            "workdir": str(tmp_path)}
+    out = bench.run_arm(spec)
+    assert len(out["step_times"]) == 2 and all(t > 0 for t in out["step_times"])
+    assert len(out["losses"]) == 3 and out["peak_rss_mb"] >= 1
+    cfg = (tmp_path / "out" / "config.yaml").read_text()
+    assert "mini_batch_size: 2" in cfg  # the cached arm really ran cached
+
+
+def test_activation_memory_parameter_counts_match_the_architectures() -> None:
+    """scripts/activation_memory.py's parameter formula == transformers' models (meta device:
+    no weights are allocated)."""
+    import torch
+    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    table = _module("activation_memory", REPO_ROOT / "scripts" / "activation_memory.py")
+    large = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+             "intermediate_size": 4096}
+    with torch.device("meta"):
+        models = {"bert-base": BertModel(BertConfig()),
+                  "bert-large": BertModel(BertConfig(**large)),
+                  "roberta-large": RobertaModel(RobertaConfig(vocab_size=50265,
+                                                              max_position_embeddings=514,
+                                                              type_vocab_size=1, **large))}
+    for name, model in models.items():
+        assert table.parameters(name) == sum(p.numel() for p in model.parameters()), name
+    # caching keeps one mini-batch: the table's cached column does not grow with the batch
+    # beyond the embeddings and their gradient
+    small = table.activation_bytes("bert-base", 64, 32)
+    assert table.activation_bytes("bert-base", 2048, 32) == pytest.approx(32 * small)
+
+
 def test_pooler_ab_runs_its_three_arms(tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str],
                                        ) -> None:
     """benchmarks/pooler_ab.py on a tiny BERT: the [CLS] arm trims the last layer, the other two

@@ -8,7 +8,10 @@ runs them on a GPU machine. CI never needs them.
 - the lean training forward and the length-sorted sub-batches on CUDA equal to transformers'
   forward on one batch (float64, dropout 0, embeddings and gradients): half of what decides
   their CUDA defaults (the other half, speed, is benchmarks/gpu_check.py's forward part);
-- 2-GPU DDP (torchrun, NCCL) equal to one GPU on the same global batch, when 2 GPUs exist.
+- 2-GPU DDP (torchrun, NCCL) equal to one GPU on the same global batch, when 2 GPUs exist;
+- gradient caching (issue #26) on CUDA: the CUDA generator replays the dropout masks (pass 3 ==
+  pass 1 exactly, gradients == the one-graph reference), fp16 with the gradient scaler cached
+  == uncached (dropout 0), and the mixed-precision resume test with caching.
 """
 
 from __future__ import annotations
@@ -58,14 +61,15 @@ def corpus(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("mini", [None, 4])  # 4: gradient caching (issue #26)
 def test_mixed_precision_training_resumes_exactly_on_cuda(tiny_bert_dir: Path, corpus: Path,
-                                                          tmp_path: Path,
-                                                          precision: str) -> None:
+                                                          tmp_path: Path, precision: str,
+                                                          mini: int | None) -> None:
     from csekit.training import Trainer
 
     kw = {"precision": precision, "max_steps": 8, "save_steps": 3, "objective": "clusterns",
               "n_clusters": 4, "kmeans_start_cosine": 0.99, "pooler": "cls", "mlp": "train",
-              "learning_rate": 1e-3}
+              "learning_rate": 1e-3, "mini_batch_size": mini}
     ref_t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "a", **kw))
     assert ref_t.accelerator.device.type == "cuda"
     assert {p.dtype for p in ref_t.encoder.parameters()} == {torch.float32}
@@ -130,6 +134,88 @@ def test_training_forward_arms_equal_on_cuda(tiny_bert_dir: Path, arm: str) -> N
     z, g = _arm_outputs(enc, inputs, arm, "fp32")
     assert (z - ref_z).abs().max() <= 1e-9 * ref_z.abs().max()
     assert (g - ref_g).abs().max() <= 1e-9 * ref_g.abs().max()
+
+
+def test_gradient_caching_replays_cuda_dropout(tiny_bert_dir: Path) -> None:
+    import copy
+
+    from csekit.data import split_views, tokenize_pairs
+    from csekit.modeling.encoder import Encoder
+    from csekit.objectives import build_objective
+    from csekit.training.gradcache import cached_forward_backward, row_slices, slice_rows
+
+    enc = Encoder.from_pretrained(str(tiny_bert_dir), pooler="cls", mlp="train", dropout=0.1)
+    enc = enc.to("cuda", torch.float64).train()
+    ref = copy.deepcopy(enc)
+    sents = [" ".join(["word"] * (1 + i % 13)) + f" {i}" for i in range(24)]
+    inputs = {k: v.cuda() for k, v in tokenize_pairs(enc.tokenizer, sents, 32).items()}
+    obj = build_objective("simcse")
+    seen: list[torch.Tensor] = []
+
+    def model(**kw):  # type: ignore[no-untyped-def]
+        z = enc(**kw)
+        seen.append(z.detach().clone())
+        return z
+
+    torch.manual_seed(3)
+    out = cached_forward_backward(model=model, objective=obj, inputs=inputs, mini_batch_size=5,
+                                  split=split_views, n_views=2,
+                                  backward=lambda loss: loss.backward(),
+                                  no_sync=__import__("contextlib").nullcontext, device="cuda")
+    k = len(seen) // 2
+    assert k == 5 and all(torch.equal(a, b) for a, b in zip(seen[:k], seen[k:]))
+    torch.manual_seed(3)
+    z = torch.cat([ref(**slice_rows(inputs, r, 48)) for r in row_slices(48, 2, 5)])
+    assert torch.equal(z.detach(), torch.cat(seen[:k]))
+    ref_loss = obj(*split_views(z)).loss
+    ref_loss.backward()
+    assert out.loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
+    for (n, p), (_, q) in zip(enc.named_parameters(), ref.named_parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=n)
+
+
+def test_gradient_caching_fp16_scaler_equals_uncached(tiny_bert_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """fp16: the scaled loss makes the cached embedding gradients scaled too; after the
+    scaler's unscale, an SGD update (which, unlike Adam, shows a gradient off by a factor)
+    must be the uncached one's to fp16 rounding (dropout 0), and the loss scale the same."""
+    import copy
+
+    from csekit.data import tokenize_pairs
+    from csekit.modeling.encoder import Encoder
+    from csekit.objectives import build_objective
+    from csekit.training import TrainConfig
+    from csekit.training.accel import build_accelerator
+    from csekit.training.checkpoint import TrainerState
+    from csekit.training.optim import raw_optimizer
+    from csekit.training.step import UpdateStep
+
+    base = Encoder.from_pretrained(str(tiny_bert_dir), pooler="cls", mlp="train", dropout=0.0)
+    sents = [" ".join(["word"] * (1 + i % 13)) + f" {i}" for i in range(32)]
+    inputs = tokenize_pairs(base.tokenizer, sents, 32)
+    deltas, scales = [], []
+    for mini in (None, 4):
+        acc = build_accelerator("fp16", [])
+        enc = copy.deepcopy(base).to(acc.device).train()
+        before = [p.detach().clone() for p in enc.parameters()]
+        model, opt = acc.prepare(enc, torch.optim.SGD(enc.parameters(), lr=1.0))
+        sched = torch.optim.lr_scheduler.LambdaLR(raw_optimizer(opt), lambda _: 1.0)
+        cfg = TrainConfig(objective="simcse", supervision="unsupervised", batch_size=32,
+                          mini_batch_size=mini, max_grad_norm=None).resolved()
+        step = UpdateStep(config=cfg, accelerator=acc, model=model,
+                          objective=build_objective("simcse").to(acc.device), optimizer=opt,
+                          scheduler=sched, world=1, output_dir=tmp_path,
+                          take=lambda item, state, d=acc.device: {k: v.to(d) for k, v in item.items()})
+        _loss, _stats, applied = step.run(iter([inputs]), TrainerState())
+        assert applied and acc.scaler is not None
+        deltas.append(torch.cat([(p.detach() - b).flatten()
+                                 for p, b in zip(enc.parameters(), before)]))
+        scales.append(acc.scaler.get_scale())
+    assert scales[0] == scales[1]
+    assert deltas[0].abs().max() > 0
+    torch.testing.assert_close(deltas[1], deltas[0], rtol=2e-2,
+                               atol=2e-2 * float(deltas[0].abs().max()))
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")

@@ -38,10 +38,10 @@ def _batch(step: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(B)]
 
 
-def _run(rank: int, world: int, folder: str) -> dict[str, list[torch.Tensor]]:
+def _run(rank: int, world: int, folder: str, cached: bool = False) -> dict[str, list[torch.Tensor]]:
     from sentence_transformers import SentenceTransformer
 
-    from csekit.st import ClusterNSLoss
+    from csekit.st import CachedClusterNSLoss, ClusterNSLoss
 
     model = SentenceTransformer(folder, device="cpu")
     model.train()
@@ -49,7 +49,9 @@ def _run(rank: int, world: int, folder: str) -> dict[str, list[torch.Tensor]]:
         if isinstance(m, nn.Dropout):
             m.p = 0.0
     torch.manual_seed(100 + rank)  # different head init per rank: the broadcast must fix it
-    loss = ClusterNSLoss(model, mlp=True, **OPTS)
+    # cached: mini-batches of 3 of the 4 local rows (pass 3 re-forwards under DDP's no_sync)
+    loss = CachedClusterNSLoss(model, mini_batch_size=3, mlp=True, **OPTS) if cached \
+        else ClusterNSLoss(model, mlp=True, **OPTS)
     if world > 1:
         loss.model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     rec: dict[str, list[torch.Tensor]] = {"loss": [], "model_grads": [], "head_grads": [],
@@ -71,26 +73,27 @@ def _run(rank: int, world: int, folder: str) -> dict[str, list[torch.Tensor]]:
     return rec
 
 
-def _worker(rank: int, world: int, rendezvous: str, folder: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, rendezvous: str, folder: str, out_dir: str,
+            cached: bool = False) -> None:
     torch.set_num_threads(1)
     init_gloo(rank, world, rendezvous)
     try:
-        torch.save(_run(rank, world, folder), Path(out_dir) / f"rank{rank}.pt")
+        torch.save(_run(rank, world, folder, cached), Path(out_dir) / f"rank{rank}.pt")
     finally:
         close_gloo()
 
 
 @pytest.mark.slow  # two spawned processes importing sentence-transformers: minutes when loaded
-def test_ddp_equals_single_process(tiny_bert_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cached", [False, True])  # True: the 2 processes use gradient caching
+def test_ddp_equals_single_process(tiny_bert_dir: Path, tmp_path: Path, cached: bool) -> None:
     from csekit.modeling.encoder import Encoder
 
     folder = tmp_path / "model"
     Encoder.from_pretrained(str(tiny_bert_dir), pooler="cls_before_pooler", mlp="none").save(folder)
-    mp.spawn(_worker, args=(WORLD, rendezvous_file(tmp_path), str(folder), str(tmp_path)),
-             nprocs=WORLD,
-             join=True)
+    mp.spawn(_worker, args=(WORLD, rendezvous_file(tmp_path), str(folder), str(tmp_path),
+                            cached), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-    # the single-process reference uses rank 0's head init (the one that is broadcast)
+    # the single-process reference (uncached) uses rank 0's head init (the one broadcast)
     single = _run(0, 1, str(folder))
     for step in range(STEPS):
         for r in ranks:

@@ -17,7 +17,7 @@ import sys
 from csekit import __version__
 from csekit.errors import CsekitError, first_line
 
-SUBCOMMANDS = ("train", "eval", "encode", "data", "push")
+SUBCOMMANDS = ("train", "eval", "encode", "data", "push", "mine", "search")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +77,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives a positional list only the words before the first option; a command that
+    # takes free words (csekit search's queries) sets `free_words` and gets the later ones too
+    if extra and (not hasattr(args, "free_words") or any(w.startswith("-") for w in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if hasattr(args, "free_words"):
+        args.free_words = list(args.free_words) + extra
     _configure_logging(args.verbose, args.quiet)
     return run_command(args)
 

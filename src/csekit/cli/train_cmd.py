@@ -101,6 +101,9 @@ HELP: dict[str, str] = {
                     "[,hard_neg], as SimCSE's nli_for_simcse.csv)",
     "hard_negative_weight": "SimCSE's log-space weight added to each row's own hard negative "
                             "(triplets only)",
+    "switch_case": "switch-case positives (CARDS, Wang et al. 2022): flip the case of each "
+                   "word's first letter with this probability in the positive view "
+                   "(unsupervised, cased tokenizers only; 0: off)",
     "batch_size": "GLOBAL batch (all processes together); the in-batch negatives "
                   "(SimCSE / Focal 64, ClusterNS 256)",
     "learning_rate": "AdamW peak learning rate (SimCSE / Focal 3e-5, ClusterNS 5e-5)",
@@ -109,6 +112,9 @@ HELP: dict[str, str] = {
     "warmup_ratio": "warm-up as a fraction of all steps",
     "max_grad_norm": "gradient clipping norm (0: off; default 1.0 as SimCSE's HF Trainer)",
     "grad_accum_steps": "accumulate gradients of N batches per update (does NOT add negatives)",
+    "mini_batch_size": "gradient caching: embed the batch in mini-batches of M examples and "
+                       "back-propagate through each (same gradient as the whole batch, activation "
+                       "memory of M examples, one extra forward; docs/gradient_caching.md)",
     "precision": "fp32, bf16 (CPU or GPU) or fp16 (GPU)",
     "epochs": "passes over the corpus (published: 1)",
     "max_steps": "optimiser steps (overrides --epochs)",

@@ -5,6 +5,9 @@ their state (train-only MLP head, ClusterNS centroids) in its trainer's checkpoi
 >>> loss = ClusterNSLoss(model, n_clusters=16, bml_weight=1e-3, alpha=0.0, beta=0.3)
 >>> SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss).train()
 
+Batches larger than memory: the ``Cached*`` losses (``CachedClusterNSLoss(model,
+mini_batch_size=32, ...)``) give the same loss and gradient with gradient caching.
+
 See docs/sentence_transformers.md.
 """
 
@@ -12,6 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from csekit.st.cached import (
+    CACHED_LOSSES,
+    CachedClusterNSFocalLoss,
+    CachedClusterNSLoss,
+    CachedCsekitLoss,
+    CachedFocalInfoNCELoss,
+    CachedSimCSELoss,
+)
 from csekit.st.losses import (
     LOSSES,
     ClusterNSFocalLoss,
@@ -34,5 +45,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'csekit.st' has no attribute {name!r}")
 
 
-__all__ = ["LOSSES", "ClusterNSFocalLoss", "ClusterNSLoss", "CsekitLoss", "FocalInfoNCELoss",
+__all__ = ["CACHED_LOSSES", "LOSSES", "CachedClusterNSFocalLoss", "CachedClusterNSLoss",
+           "CachedCsekitLoss", "CachedFocalInfoNCELoss", "CachedSimCSELoss", "ClusterNSFocalLoss", "ClusterNSLoss", "CsekitLoss", "FocalInfoNCELoss",
            "SentenceTransformerTrainer", "SimCSELoss", "load_loss_state", "save_loss_state"]

@@ -113,6 +113,9 @@ class TrainConfig:
     supervision: str = "auto"
     text_columns: str | None = None  # "anchor,positive[,hard_negative]"; None: sent0,sent1,...
     hard_negative_weight: float = 0.0  # SimCSE's log-space weight on row i's own hard negative
+    # switch-case positives (CARDS, Wang et al. 2022; csekit.data.switch_case): the probability
+    # that a word's first letter flips case in the positive view; 0: off (unsupervised only)
+    switch_case: float = 0.0
     # --- optimisation
     batch_size: int | None = None  # None: the objective's published default
     learning_rate: float | None = None
@@ -124,6 +127,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     max_grad_norm: float | None = 1.0  # the HF Trainer default SimCSE ran with; None/0: off
     grad_accum_steps: int = 1
+    mini_batch_size: int | None = None  # gradient caching (docs/gradient_caching.md); None: off
     precision: str = "fp32"
     epochs: int = 1
     max_steps: int | None = None  # overrides epochs when set
@@ -222,7 +226,8 @@ class TrainConfig:
             keys += ["n_clusters", "kmeans_lr", "kmeans_start_cosine", "bml_weight",
                      "bml_alpha", "bml_beta"]
         keys += [k for k in ("dropout", "instruction", "lora_r", "lora_alpha", "lora_dropout",
-                             "lora_target_modules", "bidirectional", "gradient_checkpointing")
+                             "lora_target_modules", "bidirectional", "gradient_checkpointing",
+                             "mini_batch_size")
                  if getattr(cfg, k) not in (None, False) and (k[:5] != "lora_" or cfg.lora_r)]
         from_table = set(self.defaulted_options())
         return ", ".join(f"{k}={getattr(cfg, k)}" + ("*" if k in from_table else "")
@@ -302,6 +307,7 @@ class TrainConfig:
         (cheap: no model); only options that combine several settings are checked here.
         """
         from csekit.objectives import build_objective
+        from csekit.training.gradcache import check_mini_batch_size
 
         _choice("objective", self.objective, OBJECTIVES)
         cfg = self.resolved()
@@ -314,6 +320,11 @@ class TrainConfig:
         _choice("cluster_init", cfg.cluster_init, CLUSTER_INITS)
         _choice("supervision", cfg.supervision, SUPERVISION_MODES)
         parse_columns(cfg.text_columns)  # 2 or 3 distinct names; the file is checked at start
+        if not 0.0 <= cfg.switch_case <= 1.0:
+            raise ConfigError(f"switch_case is a probability in [0, 1], got {cfg.switch_case}")
+        if cfg.switch_case and cfg.supervision in ("pairs", "triplets"):
+            raise ConfigError("switch_case augments the positive view of unsupervised training; "
+                              f"this run is {cfg.supervision}")
         if cfg.hard_negative_weight != 0 and cfg.supervision in ("unsupervised", "pairs"):
             raise ConfigError("hard_negative_weight needs triplets (a hard_neg column); "
                               f"this run is {cfg.supervision}")
@@ -363,6 +374,7 @@ class TrainConfig:
         if cfg.batch_size % world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
                               f"{world_size} processes; pick a multiple of {world_size}")
+        check_mini_batch_size(cfg.mini_batch_size, cfg.batch_size, world_size)
         build_objective(cfg.objective, **cfg.objective_hparams())  # the objective's own checks
         cfg.prompt_config()  # the template syntax and prompt options
         cfg.lora_settings()  # rank, alpha, dropout

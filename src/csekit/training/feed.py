@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from csekit.errors import DataError
+from csekit.data.switch_case import switch_case_pairs, tokenizer_is_cased
+from csekit.errors import ConfigError, DataError
 from csekit.training.checkpoint import TrainerState
 from csekit.training.prefetch import Prefetcher, pin, to_device
 from csekit.training.supervised import tokenize_batch
@@ -34,6 +35,14 @@ class BatchFeed:
         self.rank, self.world = rank, world
         self.tokenizer, self.prompt = tokenizer, prompt
         self.device = device
+        if config.switch_case:
+            if config.supervision != "unsupervised":
+                raise ConfigError(f"--switch-case augments the positive view of unsupervised "
+                                  f"training; {config.train_file} trains {config.supervision}")
+            if not tokenizer_is_cased(tokenizer):
+                raise ConfigError(f"--switch-case has no effect with {config.model}: its "
+                                  f"tokenizer lowercases the text (an uncased model); use a "
+                                  f"cased one (RoBERTa, bert-base-cased) or drop the option")
 
     def micro_batches(self, start: Position) -> Iterator[tuple[list[Any], Position]]:
         """This process's slices of the global batches from ``start`` on, across epochs, each
@@ -64,7 +73,7 @@ class BatchFeed:
 
         def prepare(item: tuple[list[Any], Position]) -> tuple[dict[str, Any], Position]:
             batch, position = item
-            return pin(self.local_inputs(batch), self.device), position
+            return pin(self.local_inputs(batch, position), self.device), position
 
         return Prefetcher(self.micro_batches((state.epoch, state.batches_in_epoch)), prepare,
                           enabled=self.config.prefetch)
@@ -75,9 +84,22 @@ class BatchFeed:
         inputs, (state.epoch, state.batches_in_epoch) = item
         return to_device(inputs, self.device)
 
-    def local_inputs(self, local: list[Any]) -> dict[str, torch.Tensor]:
-        """This process's rows of the global batch, tokenised for all views (host tensors)."""
+    def local_inputs(self, local: list[Any],
+                     position: Position = (0, 0)) -> dict[str, torch.Tensor]:
+        """This process's rows of the global batch, tokenised for all views (host tensors).
+
+        ``position``: the data position after this batch; with ``--switch-case`` it keys the
+        draw of the positive views (:mod:`csekit.data.switch_case`), so a resumed run and any
+        number of processes draw the same flips. Those rows are (sentence, switched sentence)
+        pairs in the layout of supervised pairs: view 1 the sentence, view 2 its switched copy
+        (prompt pooler: T1 and T2 as in unsupervised training)."""
         # (prompt pooler: the per-view templates, T1 for view 1 and T2 for view 2)
+        cfg = self.config
+        if cfg.switch_case and cfg.supervision == "unsupervised":
+            rows = switch_case_pairs(local, cfg.switch_case, seed=cfg.seed, epoch=position[0],
+                                     batch=position[1])
+            return tokenize_batch(self.tokenizer, rows, "pairs", cfg.max_seq_len,
+                                  prompt=self.prompt)
         return tokenize_batch(self.tokenizer, local, self.config.supervision,
                               self.config.max_seq_len, prompt=self.prompt)
 

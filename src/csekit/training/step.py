@@ -38,7 +38,8 @@ from csekit.errors import TrainingError
 from csekit.objectives.base import read_scalars
 from csekit.training.agreement import agree_flags
 from csekit.training.checkpoint import TrainerState, list_checkpoints
-from csekit.training.supervised import views
+from csekit.training.gradcache import cached_forward_backward, upcast
+from csekit.training.supervised import N_VIEWS, views
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +101,19 @@ class UpdateStep:
 
     def forward_backward(self, inputs: dict[str, torch.Tensor], scale: float) -> Any:
         """The micro-batch's forward, the objective, and ``backward(loss * scale)``; returns the
-        objective's output."""
-        z = self.model(**inputs).float()  # (n*b, d): rows n*i .. n*i+n-1 = example i
-        out = self.objective(*views(z, self.config.supervision))  # (z1, z2[, z3])
+        objective's output. With ``mini_batch_size`` set: the same gradient in three passes of
+        at most that many examples (:func:`~csekit.training.gradcache.cached_forward_backward`)."""
+        cfg = self.config
+        if getattr(cfg, "mini_batch_size", None):  # gradient caching (training/gradcache.py)
+            return cached_forward_backward(
+                model=self.model, objective=self.objective, inputs=inputs,
+                mini_batch_size=cfg.mini_batch_size, n_views=N_VIEWS[cfg.supervision],
+                split=lambda z: views(z, cfg.supervision),
+                backward=lambda loss: self.accelerator.backward(loss * scale),
+                no_sync=lambda: self.accelerator.no_sync(self.model),
+                device=getattr(self.accelerator, "device", "cpu"))
+        z = upcast(self.model(**inputs))  # (n*b, d): rows n*i .. n*i+n-1 = example i
+        out = self.objective(*views(z, cfg.supervision))  # (z1, z2[, z3])
         # Backward is queued before the host reads anything, so a GPU is never idle waiting
         # for Python; a non-finite loss only gives non-finite gradients, which are dropped
         # before any optimiser step.
