@@ -34,8 +34,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from csekit.data.fetch import sha256_file  # noqa: F401  (re-exported for the benchmarks)
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 RESULT_TAG = "BENCH_RESULT "
@@ -43,6 +41,13 @@ J = TypeVar("J", bound=Hashable)
 
 
 # ---------------------------------------------------------------------------- the machine
+def sha256_file(path: str | Path) -> str:
+    """csekit's file checksum (imported on use: a worker child stays light to start)."""
+    from csekit.data.fetch import sha256_file as checksum
+
+    return checksum(path)
+
+
 def shared_root() -> Path:
     return Path(os.environ.get("CSEKIT_SHARED", REPO_ROOT.parent / "shared")).resolve()
 

@@ -122,12 +122,10 @@ LEARNING_RATE = 3e-5
 
 
 # ---------------------------------------------------------------------- the two workers
-def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
-    """One csekit Trainer run; returns step times, padded lengths, memory, objective timing."""
-    import torch
-
-    from csekit.modeling.speed.subbatch import plan_length_subbatches
-    from csekit.training import TrainConfig, Trainer
+def csekit_config(spec: dict[str, Any]) -> Any:
+    """The ``TrainConfig`` of one csekit configuration (objective, variant options, ClusterNS
+    forced to cluster from the first step)."""
+    from csekit.training import TrainConfig
 
     total = spec["warmup"] + spec["steps"]
     batch = spec["batch_size"]
@@ -135,12 +133,24 @@ def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = dict(options)
     if objective_name in ("clusterns", "clusterns-focal"):
         extra.update(n_clusters=min(128, batch), kmeans_start_cosine=1.0)
-    cfg = TrainConfig(model=spec["model"], train_file=spec["train_file"],
-                      output_dir=str(Path(spec["workdir"]) / "csekit-out"), data_dir=None,
-                      objective=objective_name, batch_size=batch, max_seq_len=spec["seq_len"],
-                      precision=spec["precision"], learning_rate=LEARNING_RATE, max_steps=total,
-                      save_steps=10 * total + 1000, logging_steps=10, progress=False,
-                      final_test=False, seed=spec.get("seed", 42), **extra)
+    return TrainConfig(model=spec["model"], train_file=spec["train_file"],
+                       output_dir=str(Path(spec["workdir"]) / "csekit-out"), data_dir=None,
+                       objective=objective_name, batch_size=batch, max_seq_len=spec["seq_len"],
+                       precision=spec["precision"], learning_rate=LEARNING_RATE,
+                       max_steps=total, save_steps=10 * total + 1000, logging_steps=10,
+                       progress=False, final_test=False, seed=spec.get("seed", 42), **extra)
+
+
+def run_csekit(spec: dict[str, Any]) -> dict[str, Any]:
+    """One csekit Trainer run; returns step times, padded lengths, memory, objective timing."""
+    import torch
+
+    from csekit.modeling.speed.subbatch import plan_length_subbatches
+    from csekit.training import Trainer
+
+    total = spec["warmup"] + spec["steps"]
+    batch = spec["batch_size"]
+    cfg = csekit_config(spec)
     trainer = Trainer(cfg)
     clock = StepClock(spec["device"], total)
     step, take = trainer._step, trainer.stepper.take

@@ -44,7 +44,17 @@ def _spec(model: Path, sample: Path, config: str, tmp: Path) -> dict:
             "config": config, "workdir": str(tmp)}
 
 
-@pytest.mark.parametrize("config", ["simcse", "clusterns-focal", "simcse-hf"])
+# The variants differ from "simcse" only in the TrainConfig they build, which
+# test_variant_configs checks without training; that ClusterNS with kmeans_start_cosine 1.0
+# starts at its first step is tests/test_objectives.py::test_start_threshold_extremes.
+_TWIN = ("a Trainer run per variant (minutes on a loaded machine); covered in process by "
+         "test_variant_configs + test_objectives.py::test_start_threshold_extremes")
+
+
+@pytest.mark.parametrize("config", [
+    "simcse",
+    pytest.param("clusterns-focal", marks=pytest.mark.slow(reason=_TWIN)),
+    pytest.param("simcse-hf", marks=pytest.mark.slow(reason=_TWIN))])
 def test_csekit_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp_path: Path,
                                           config: str) -> None:
     out = _bench().run_csekit(_spec(tiny_bert_dir, sample, config, tmp_path))
@@ -63,6 +73,30 @@ def test_csekit_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp
     assert out["clustering_started"] is True
     assert out["objective_ms"] > 0 and out["peak_rss_mb"] >= 1
     assert out["fused_adamw"] is True  # the Trainer's own optimiser, as the peer's
+
+
+def test_variant_configs(tiny_bert_dir: Path, sample: Path, tmp_path: Path) -> None:
+    """Each csekit configuration's TrainConfig: the variant's forward and pooling options, and
+    ClusterNS forced to cluster from the first step with at most 128 clusters."""
+    bench = _bench()
+    cfg = {name: bench.csekit_config(_spec(tiny_bert_dir, sample, name, tmp_path))
+           for name in bench.CONFIGS if name != "st-mnrl"}
+    for name, c in cfg.items():
+        c.validate(world_size=1)
+        assert c.batch_size == 4 and c.max_seq_len == 16 and c.max_steps == 3
+        assert c.save_steps > c.max_steps and c.data_dir is None
+    assert (cfg["simcse"].pooler, cfg["simcse"].mlp) == ("cls", "train")
+    assert (cfg["simcse-mean"].pooler, cfg["simcse-mean"].mlp) == ("avg", "none")
+    assert cfg["simcse-mean"].objective == "simcse"
+    assert (cfg["simcse-hf"].lean_forward, cfg["simcse-hf"].length_subbatches) == (False, 1)
+    assert (cfg["simcse-lean-sub"].lean_forward, cfg["simcse-lean-sub"].length_subbatches) \
+        == (True, 4)
+    assert cfg["simcse-compile"].compile is True
+    for name in ("clusterns", "clusterns-focal"):
+        assert cfg[name].objective == name
+        assert cfg[name].kmeans_start_cosine == 1.0 and cfg[name].n_clusters == 4
+    assert cfg["simcse"].lean_forward is None  # the device's default (the table)
+    assert bench.pooler_of("simcse-mean") == bench.pooler_of("st-mnrl") == "mean, none"
 
 
 def test_st_worker_runs_trainer_steps(tiny_bert_dir: Path, sample: Path, tmp_path: Path) -> None:
@@ -156,7 +190,7 @@ def _harness() -> ModuleType:
     return harness
 
 
-def test_harness_rounds_rotate_and_ratios_pair_rounds() -> None:
+def test_harness_rounds_rotate_and_ratios_pair_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every job runs once per round, the order rotated by one each round (A/B/C, B/C/A, ...),
     and the median ratio pairs the runs of the same round."""
     h = _harness()
@@ -166,7 +200,10 @@ def test_harness_rounds_rotate_and_ratios_pair_rounds() -> None:
         ran.append((job, rnd))
         return {"step_s": {"a": 1.0, "b": 2.0, "c": 4.0}[job] * (rnd + 1)}
 
+    probes: list[int] = []  # the torch.mm probe (seconds on a loaded machine) is counted
+    monkeypatch.setattr(h, "quick_gflops", lambda: float(probes.append(1) or 100.0))
     runs, schedule = h.interleaved_rounds(["a", "b", "c"], 3, run)
+    assert len(probes) == 9
     assert ran == [("a", 0), ("b", 0), ("c", 0), ("b", 1), ("c", 1), ("a", 1),
                    ("c", 2), ("a", 2), ("b", 2)]
     assert [r["round"] for r in runs["b"]] == [1, 2, 3]
@@ -255,3 +292,22 @@ def test_activation_memory_parameter_counts_match_the_architectures() -> None:
     # beyond the embeddings and their gradient
     small = table.activation_bytes("bert-base", 64, 32)
     assert table.activation_bytes("bert-base", 2048, 32) == pytest.approx(32 * small)
+
+
+def test_pooler_ab_runs_its_three_arms(tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str],
+                                       ) -> None:
+    """benchmarks/pooler_ab.py on a tiny BERT: the [CLS] arm trims the last layer, the other two
+    do not (asserted inside), every arm is timed, and the FLOPs ratio of a full last layer over
+    a trimmed one is above 1."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import pooler_ab
+
+    assert pooler_ab.main(["--model", str(tiny_bert_dir), "--batch-size", "4", "--seq-len",
+                           "16", "--threads", "1", "--rounds", "2", "--warmup", "1",
+                           "--no-write"]) == 0
+    out = capsys.readouterr().out
+    rows = [x for x in out.splitlines() if x.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == ["cls", "cls-full", "mean"]
+    ratio = float(out.split("over the trimmed one: ")[1].split(" ")[0])
+    assert ratio > 1.0
