@@ -8,9 +8,8 @@ import logging
 from typing import Any
 
 from csekit import distributed as D
-from csekit.training.agreement import agree_errors
+from csekit.training.agreement import agree_errors, check_loaded_step
 from csekit.training.checkpoint import (
-    check_loaded_step,
     checkpoint_dir,
     load_checkpoint,
     rotate_checkpoints,
