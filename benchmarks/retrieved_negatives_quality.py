@@ -59,13 +59,16 @@ def sample(n: int, pool: int, seed: int, work: Path) -> tuple[Path, Path]:
     return train, extra
 
 
-def mined(model: Path, train: Path, extra: Path, args: argparse.Namespace, out: Path) -> Path:
+def mined(model: Path, train: Path, extra: Path, args: argparse.Namespace, out: Path,
+          pooler: str) -> Path:
+    """Negatives mined with the starting model, embedded as it is evaluated (``pooler``: with
+    a train-only head that is [CLS] before the pooler, which an MLM-only BERT lacks)."""
     from csekit.cli.main import main as csekit
 
     if out.exists():
         return out
     rc = csekit(["mine", str(model), "--input", str(train), "--corpus", str(extra),
-                 "--output", str(out), "--pooler", args.pooler, "--num-negatives", "1",
+                 "--output", str(out), "--pooler", pooler, "--num-negatives", "1",
                  "--range-min", str(args.range_min), "--k", str(args.k),
                  "--relative-margin", str(args.relative_margin), "--sampling", "random",
                  "--seed", "0", "--max-seq-len", "32"])
@@ -112,7 +115,8 @@ def main() -> int:
                                  "pooler": eval_pooler(args.pooler, args.mlp)}
         block["untrained"] = untrained(model, block["pooler"], data_dir)
         for arm in args.arms.split(","):
-            data = (mined(model, train, extra, args, work / "data" / f"mined-{name}.parquet")
+            data = (mined(model, train, extra, args, work / "data" / f"mined-{name}.parquet",
+                          block["pooler"])
                     if arm == "simcse+retrieved" else train)
             for seed in [int(s) for s in args.seeds.split(",")]:
                 out = work / name / f"{arm}-seed{seed}"
