@@ -233,10 +233,9 @@ def plots(study: dict[str, Any], prefix: Path) -> list[str]:
     return written
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="bert-mini", help="comma list of: bert-mini, minilm")
-    ap.add_argument("--objectives", default=",".join(OBJECTIVES))
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    """The options of one training run (:func:`run_config`), shared with the benchmarks that
+    reuse this study's protocol."""
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--eval-steps", type=int, default=25)
@@ -248,6 +247,13 @@ def main() -> int:
     ap.add_argument("--n-clusters", type=int, default=None, help="default: batch size / 2")
     ap.add_argument("--kmeans-start-cosine", type=float, default=0.4)
     ap.add_argument("--bml-weight", type=float, default=1e-4)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="bert-mini", help="comma list of: bert-mini, minilm")
+    ap.add_argument("--objectives", default=",".join(OBJECTIVES))
+    add_run_args(ap)
     ap.add_argument("--work-dir", default="runs/quality")
     ap.add_argument("--name", default="quality", help="results file stem")
     ap.add_argument("--cached-only", action="store_true",

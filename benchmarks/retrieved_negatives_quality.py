@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._harness import shared_root, write_results
 from benchmarks.quality import (
+    add_run_args,
     eval_pooler,
     markdown,
     model_paths,
@@ -81,17 +82,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="bert-mini,minilm")
     ap.add_argument("--arms", default=",".join(ARMS))
-    ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--eval-steps", type=int, default=25)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-5)
-    ap.add_argument("--temperature", type=float, default=0.05)
-    ap.add_argument("--pooler", default="avg")
-    ap.add_argument("--mlp", default="none")
-    ap.add_argument("--n-clusters", type=int, default=None)
-    ap.add_argument("--kmeans-start-cosine", type=float, default=0.4)
-    ap.add_argument("--bml-weight", type=float, default=1e-4)
+    add_run_args(ap)
     ap.add_argument("--pool", type=int, default=50_000, help="extra candidate sentences")
     ap.add_argument("--range-min", type=int, default=3)
     ap.add_argument("--k", type=int, default=50)

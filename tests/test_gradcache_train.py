@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import math
-import signal
 import sys
 from pathlib import Path
 
@@ -25,7 +24,13 @@ from csekit.training import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_distributed_train import OPTS, STEPS, _losses, torchrun_train
-from test_train import _nan_at, _stop_after, assert_same_weights_and_centroids, config, make_corpus
+from test_train import (
+    _nan_at,
+    assert_resume_exact,
+    assert_same_weights_and_centroids,
+    config,
+    make_corpus,
+)
 from test_train_supervised import make_nli
 
 import csekit.training.step as step_module
@@ -73,17 +78,8 @@ def test_cached_run_equals_uncached_run(tiny_bert_dir: Path, corpus: Path, tmp_p
 def test_cached_resume_equals_uninterrupted(tiny_bert_dir: Path, corpus: Path,
                                             tmp_path: Path) -> None:
     kw = dict(KW, max_steps=6, save_steps=3, dropout=0.1, mini_batch_size=4)
-    ref = Trainer(config(tiny_bert_dir, corpus, tmp_path / "a", **kw)).train()
-    assert ref.stopped == "completed" and len(ref.losses) == 6
-
-    t = Trainer(config(tiny_bert_dir, corpus, tmp_path / "b", **kw))
-    _stop_after(t, 4, signal.SIGTERM)
-    part = t.train()
-    assert part.stopped == "interrupted" and part.steps == 4
-    assert part.losses == pytest.approx(ref.losses[:4], abs=1e-6)
-    rest = Trainer(config(tiny_bert_dir, corpus, tmp_path / "b", resume=True, **kw)).train()
-    assert rest.steps == 6
-    assert rest.losses == pytest.approx(ref.losses[4:], abs=1e-6)
+    assert_resume_exact(lambda name, **extra: config(tiny_bert_dir, corpus, tmp_path / name,
+                                                     **kw, **extra), 4)
     assert_same_weights_and_centroids(tmp_path / "a" / "checkpoints" / "step-6",
                                       tmp_path / "b" / "checkpoints" / "step-6")
 

@@ -9,13 +9,12 @@ uninterrupted run for resume.
 from __future__ import annotations
 
 import re
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_train import _stop_after, make_corpus
+from test_train import assert_resume_exact, make_corpus
 
 from csekit.data.switch_case import sentence_rng, switch_case, switch_case_pairs, tokenizer_is_cased
 from csekit.errors import ConfigError
@@ -128,13 +127,9 @@ def test_switch_case_run_resumes_exactly(families, tmp_path: Path) -> None:
           "learning_rate": 5e-4, "max_steps": 6, "save_steps": 3, "eval_steps": 100,
           "logging_steps": 1, "progress": False, "pooler": "cls", "mlp": "train", "seed": 3,
           "switch_case": 0.5}
-    ref = Trainer(TrainConfig.from_dict({**kw, "output_dir": str(tmp_path / "a")})).train()
-    plain = Trainer(TrainConfig.from_dict({**kw, "switch_case": 0.0,
-                                           "output_dir": str(tmp_path / "p")})).train()
+    def make(name: str, **extra: object) -> TrainConfig:
+        return TrainConfig.from_dict({**kw, **extra, "output_dir": str(tmp_path / name)})
+
+    ref, _ = assert_resume_exact(make, 3)
+    plain = Trainer(make("p", switch_case=0.0)).train()
     assert ref.losses != pytest.approx(plain.losses, abs=1e-4)  # the views did change
-    t = Trainer(TrainConfig.from_dict({**kw, "output_dir": str(tmp_path / "b")}))
-    _stop_after(t, 3, signal.SIGTERM)
-    t.train()
-    rest = Trainer(TrainConfig.from_dict({**kw, "output_dir": str(tmp_path / "b"),
-                                          "resume": True})).train()
-    assert rest.losses == pytest.approx(ref.losses[3:], abs=1e-6)

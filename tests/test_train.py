@@ -11,7 +11,9 @@ import math
 import os
 import random
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -81,6 +83,23 @@ def _stop_after(trainer: Trainer, step: int, signum: int) -> None:
         return out
 
     trainer._step = wrapped  # type: ignore[method-assign]
+
+
+def assert_resume_exact(make: Callable[..., TrainConfig], stop_at: int) -> tuple[Any, Any]:
+    """The oracle of exact resume: ``make(name, **extra)`` builds a run's config writing to
+    ``name``; a run stopped by SIGTERM after ``stop_at`` updates and resumed gives the
+    uninterrupted run's losses (before and after the stop). Returns (uninterrupted, resumed)."""
+    ref = Trainer(make("a")).train()
+    assert ref.stopped == "completed" and len(ref.losses) > stop_at
+    t = Trainer(make("b"))
+    _stop_after(t, stop_at, signal.SIGTERM)
+    part = t.train()
+    assert part.stopped == "interrupted" and part.steps == stop_at
+    assert part.losses == pytest.approx(ref.losses[:stop_at], abs=1e-6)
+    rest = Trainer(make("b", resume=True)).train()
+    assert rest.stopped == "completed" and rest.steps == len(ref.losses)
+    assert rest.losses == pytest.approx(ref.losses[stop_at:], abs=1e-6)
+    return ref, rest
 
 
 @pytest.mark.parametrize("objective", ["clusterns-focal"])

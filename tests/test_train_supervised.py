@@ -14,14 +14,13 @@ import json
 import logging
 import math
 import random
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_train import WORDS, _stop_after
+from test_train import WORDS, assert_resume_exact
 from test_train import config as base_config
 
 from csekit.errors import ConfigError
@@ -114,17 +113,10 @@ def test_supervised_interrupted_resume_equals_uninterrupted(tiny_bert_dir: Path,
     kw = {"objective": objective, "n_clusters": 4, "kmeans_start_cosine": 0.99, "max_steps": 7,
               "save_steps": 3, "bml_weight": 1e-3, "hard_negative_weight": 0.3, "mlp": "train",
               "learning_rate": 5e-4}
-    ref = Trainer(config(tiny_bert_dir, data, tmp_path / "a", **kw)).train()
-    assert ref.stopped == "completed" and len(ref.losses) == 7
-
-    t = Trainer(config(tiny_bert_dir, data, tmp_path / "b", **kw))
-    _stop_after(t, 4, signal.SIGTERM)
-    part = t.train()
-    assert part.stopped == "interrupted" and part.steps == 4
-    assert part.losses == pytest.approx(ref.losses[:4], abs=1e-6)
-    rest = Trainer(config(tiny_bert_dir, data, tmp_path / "b", resume=True, **kw)).train()
-    assert rest.stopped == "completed" and rest.steps == 7
-    assert rest.losses == pytest.approx(ref.losses[4:], abs=1e-6)  # crosses the epoch end (5)
+    # (7 steps, stopped after 4: the resumed part crosses the epoch end at 5)
+    ref, _ = assert_resume_exact(
+        lambda name, **extra: config(tiny_bert_dir, data, tmp_path / name, **kw, **extra), 4)
+    assert len(ref.losses) == 7
 
     a, b = tmp_path / "a" / "checkpoints" / "step-7", tmp_path / "b" / "checkpoints" / "step-7"
     oa = torch.load(a / "objective.pt", weights_only=True)
