@@ -87,6 +87,9 @@ def main() -> int:
     ap.add_argument("--range-min", type=int, default=3)
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--relative-margin", type=float, default=0.05)
+    ap.add_argument("--mine-pooler", default=None,
+                    help="the pooler csekit mine embeds with (default: the evaluation pooler); "
+                         "an MLM-only model's [CLS] puts nearly every pair above 0.95")
     ap.add_argument("--work-dir", default="runs/retrieved_negatives")
     ap.add_argument("--name", default="retrieved_negatives")
     args = ap.parse_args()
@@ -107,7 +110,7 @@ def main() -> int:
         block["untrained"] = untrained(model, block["pooler"], data_dir)
         for arm in args.arms.split(","):
             data = (mined(model, train, extra, args, work / "data" / f"mined-{name}.parquet",
-                          block["pooler"])
+                          args.mine_pooler or block["pooler"])
                     if arm == "simcse+retrieved" else train)
             for seed in [int(s) for s in args.seeds.split(",")]:
                 out = work / name / f"{arm}-seed{seed}"
