@@ -116,9 +116,11 @@ def lean_unsupported(backbone: nn.Module) -> str | None:
     if getattr(config, "chunk_size_feed_forward", 0):
         return "chunked feed-forward"
     # transformers 5 renamed the flag (the old name warns); either one means checkpointing
-    flag = "is_activation_checkpointing" if hasattr(type(backbone), "is_activation_checkpointing") \
-        else "is_gradient_checkpointing"
-    if getattr(backbone, flag, False):
+    # (read on the instance: a peft wrapper forwards it to the base model)
+    flag = getattr(backbone, "is_activation_checkpointing", None)
+    if flag is None:
+        flag = getattr(backbone, "is_gradient_checkpointing", False)
+    if flag:
         return "gradient checkpointing"
     if hasattr(backbone, "peft_config"):  # (it reads base weights; LoRA layers would be skipped)
         return "LoRA adapters"
