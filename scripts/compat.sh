@@ -49,6 +49,7 @@ run_set() {  # name python
       > "$log_dir/$name.install.txt" 2>&1 || { echo "$name: install failed"; return 0; }
   fi
   "$venv/bin/python" -m pip freeze > "$log_dir/$name.freeze.txt" 2>/dev/null
+  "$venv/bin/python" -V > "$log_dir/$name.python.txt" 2>&1
   local start=$(date +%s)
   "$venv/bin/python" -m pytest -q -p no:cacheprovider > "$log_dir/$name.txt" 2>&1
   local rc=$?

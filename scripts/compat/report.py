@@ -36,7 +36,9 @@ def main() -> None:
         summary = lines[-1] if lines else "no output"
         failed = [x.split(" ")[1] for x in lines if x.startswith("FAILED ")]
         versions = freeze(logs / f"{name}.freeze.txt")
-        py = re.search(r"platform linux -- Python (\S+)", log.read_text())
+        # (pytest -q prints no platform line: compat.sh writes `python -V` beside the log)
+        pyfile = logs / f"{name}.python.txt"
+        py = re.search(r"Python (\S+)", pyfile.read_text() if pyfile.is_file() else "")
         rows[name] = {"summary": summary, "failed": failed,
                       "passed": bool(re.search(r"\d+ passed", summary)) and not failed
                       and "error" not in summary,
