@@ -160,18 +160,24 @@ class UpdateStep:
         if self.agree(bad is not None):  # one collective per update
             self.on_nonfinite(bad if bad is not None else float("nan"), snapshot, state)
             return 0.0, {}, False
-        if cfg.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-        skipped = self.optimizer_step()
-        if not skipped:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        skipped = self.apply()
         if skipped:  # fp16: the scaler found inf/NaN gradients; not a step (schedule agrees)
             self.on_overflow(state)
             return sum(losses) / len(losses), stats, False
         mean = sum(losses) / len(losses)
         self.pending.append(PendingUpdate(state.step + 1, losses, stats))
         return mean, stats, True
+
+    def apply(self) -> bool:
+        """Clip, the optimiser step and the schedule, gradients cleared; True when the fp16
+        scaler skipped the step (which then does not advance the schedule)."""
+        if self.config.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        skipped = self.optimizer_step()
+        if not skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return skipped
 
     # ------------------------------------------------------------------ deferred reads
     def _agree_on_device(self, bad: torch.Tensor) -> torch.Tensor:
@@ -201,12 +207,7 @@ class UpdateStep:
                 self.on_nonfinite(bad[0] if bad else float("nan"), snapshot, state)
                 return 0.0, {}, False
             pending_flags = None  # both flags are decided
-        if cfg.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-        skipped = self.optimizer_step()
-        if not skipped:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        skipped = self.apply()
         if skipped:
             self.on_overflow(state)
             return math.nan, {}, False
