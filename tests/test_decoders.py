@@ -25,6 +25,7 @@ from csekit.modeling.representation.prompt import PROMPTEOL_TEMPLATES
 sys.path.insert(0, str(Path(__file__).parent))
 from test_backbones import SENTS, assert_st_equal
 from test_train import make_corpus
+from test_train_cli import is_one_line_error
 
 INSTRUCTION = "Instruct: Retrieve semantically similar text.\nQuery: "
 
@@ -191,10 +192,7 @@ def test_bad_combinations_exit_2_one_line(families, tiny_bert_dir: Path, tmp_pat
         capsys.readouterr()
         rc = main(argv)
         err = capsys.readouterr().err
-        lines = [x for x in err.splitlines() if x.strip()]
-        ok = (rc == 2 and len(lines) == 1 and lines[0].startswith("csekit: error:")
-              and needle in lines[0] and "Traceback" not in err)
-        if not ok:
+        if not is_one_line_error(rc, err, needle):
             failures.append(f"{name}: rc={rc} err={err[-300:]!r}")
     assert not failures, "\n".join(failures)
 

@@ -17,6 +17,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_corpus
 
 
+def is_one_line_error(rc: int, err: str, needle: str) -> bool:
+    """The bad-input contract: exit 2, one line ``csekit: error: ...`` naming ``needle``, no
+    traceback."""
+    lines = [x for x in err.splitlines() if x.strip()]
+    return (rc == 2 and len(lines) == 1 and lines[0].startswith("csekit: error:")
+            and needle in lines[0] and "Traceback" not in err)
+
+
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     rc = main(["train", *argv])
     err = capsys.readouterr().err.strip()
@@ -113,10 +121,7 @@ def test_bad_input_matrix_exit_2_one_line(tiny_bert_dir: Path, tmp_path: Path,
     failures = []
     for name, argv, needle in _bad_cases(tmp_path, tiny_bert_dir):
         rc, err = run_cli(argv, capsys)
-        lines = [x for x in err.splitlines() if x.strip()]
-        ok = (rc == 2 and len(lines) == 1 and lines[0].startswith("csekit: error:")
-              and needle in lines[0] and "Traceback" not in err)
-        if not ok:
+        if not is_one_line_error(rc, err, needle):
             failures.append(f"{name}: rc={rc} err={err[-300:]!r}")
     assert not failures, "\n".join(failures)
 
